@@ -1,0 +1,17 @@
+"""Trainers on one clock: jitted gradient descent and Diffrax gradient flow."""
+
+from ._descent import gradient_descent as gradient_descent
+from ._flow import gradient_flow as gradient_flow
+from ._rates import uniform_rates as uniform_rates
+from ._results import (
+    RESULTS as RESULTS,
+    DivergenceError as DivergenceError,
+    SolverError as SolverError,
+)
+from ._saves import log_save_steps as log_save_steps
+from ._stopping import (
+    AbstractStopCondition as AbstractStopCondition,
+    GradNormBelow as GradNormBelow,
+    LossBelow as LossBelow,
+)
+from ._trajectory import Trajectory as Trajectory

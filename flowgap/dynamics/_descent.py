@@ -1,0 +1,259 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jaxtyping import Array, Float, Int, PyTree
+
+from .._checks import is_concrete, positive_int, positive_scalar
+from . import _progress
+from ._common import check_loss, scalar_loss, split_model, stacked_model
+from ._rates import check_rates, precondition
+from ._results import RESULTS, DivergenceError
+from ._saves import saved_steps, schedule
+from ._stopping import check_stop_condition
+from ._trajectory import Trajectory, fill_after_stop
+
+
+class _State(eqx.Module):
+    params: PyTree
+    opt_state: PyTree
+    step: Int[Array, ""]
+    result: RESULTS
+    stop_step: Int[Array, ""]
+    last_finite_loss: Float[Array, ""]
+
+
+def _make_optimizer(optimizer, lr) -> optax.GradientTransformation:
+    if optimizer is None:
+        return optax.sgd(lr)
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    return optimizer(lr)
+
+
+def _check_optimizer(optimizer):
+    if optimizer is None or isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if callable(optimizer):
+        return optimizer
+    raise TypeError(
+        "`optimizer` must be None, an optax optimizer factory taking the learning "
+        "rate (e.g. `optax.adam`), or an optax GradientTransformation; got "
+        f"{type(optimizer).__name__}."
+    )
+
+
+def _tree_where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+@eqx.filter_jit
+def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
+    segments, optimizer, projection, progress = config
+    value_fn = scalar_loss(loss, static)
+    value_and_grad = jax.value_and_grad(value_fn)
+    opt = _make_optimizer(optimizer, lr)
+
+    def advance(state: _State, value, grads) -> _State:
+        active = state.result == RESULTS.successful
+        bad = ~jnp.isfinite(value)
+        if max_loss is not None:
+            bad = bad | (value > max_loss)
+        converged = jnp.array(False) if stop_when is None else stop_when(value, grads)
+        updates, opt_state = opt.update(
+            precondition(grads, rates), state.opt_state, state.params
+        )
+        new_params = optax.apply_updates(state.params, updates)
+        if projection is not None:
+            new_params = eqx.filter(
+                projection(eqx.combine(new_params, static)), eqx.is_inexact_array
+            )
+        move = active & ~bad & ~converged
+        result = RESULTS.where(active & bad, RESULTS.diverged, state.result)
+        result = RESULTS.where(active & ~bad & converged, RESULTS.event_occurred, result)
+        return _State(
+            params=_tree_where(move, new_params, state.params),
+            opt_state=_tree_where(move, opt_state, state.opt_state),
+            step=state.step + move.astype(state.step.dtype),
+            result=result,
+            stop_step=jnp.where(active & ~move, state.step, state.stop_step),
+            last_finite_loss=jnp.where(active & ~bad, value, state.last_finite_loss),
+        )
+
+    def one_step(state, _):
+        return advance(state, *value_and_grad(state.params)), None
+
+    def segment(state, count, stride):
+        report_every = max(1, count // 200)
+
+        def chunk(state, index):
+            value, grads = value_and_grad(state.params)
+            saved = (state.params, value)
+            state = advance(state, value, grads)
+            if stride > 1:
+                state = lax.cond(
+                    state.result == RESULTS.successful,
+                    lambda s: lax.scan(one_step, s, None, length=stride - 1)[0],
+                    lambda s: s,
+                    state,
+                )
+            if progress:
+                lax.cond(
+                    index % report_every == 0,
+                    lambda: _progress.report(state.step),
+                    lambda: None,
+                )
+            return state, saved
+
+        return lax.scan(chunk, state, jnp.arange(count))
+
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    state = _State(
+        params=params,
+        opt_state=opt.init(params),
+        step=jnp.array(0),
+        result=RESULTS.successful,
+        stop_step=jnp.array(-1),
+        last_finite_loss=jnp.array(jnp.nan, dtype),
+    )
+    saves = []
+    for count, stride in segments:
+        state, saved = segment(state, count, stride)
+        saves.append(saved)
+    final_value = value_fn(state.params)
+    last_params = jax.tree.map(lambda x: x[None], state.params)
+    saves.append((last_params, final_value[None]))
+    saved_params = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[s[0] for s in saves])
+    saved_loss = jnp.concatenate([s[1] for s in saves]).astype(dtype)
+
+    step_numbers = saved_steps(segments)
+    total = int(step_numbers[-1])
+    steps = jnp.asarray(step_numbers)
+    stopped = state.stop_step >= 0
+    stop_step = jnp.where(stopped, state.stop_step, total)
+    saved_params, saved_loss = fill_after_stop(
+        (saved_params, saved_loss), steps, stop_step, strict=True
+    )
+    return Trajectory(
+        ts=steps.astype(dtype) * lr,
+        models=stacked_model(saved_params, static, steps.shape[0]),
+        loss=saved_loss,
+        final=eqx.combine(state.params, static),
+        final_loss=final_value,
+        stop_time=stop_step.astype(dtype) * lr,
+        result=state.result,
+        stats=dict(
+            num_steps=state.step,
+            num_accepted_steps=state.step,
+            num_rejected_steps=jnp.array(0),
+            stop_step=state.stop_step,
+            last_finite_loss=state.last_finite_loss,
+        ),
+    )
+
+
+def _divergence_message(traj: Trajectory, lr) -> str:
+    step = int(traj.stats["stop_step"])
+    why = (
+        "became non-finite"
+        if not np.isfinite(float(traj.final_loss))
+        else f"exceeded max_loss ({float(traj.final_loss):.6g})"
+    )
+    return (
+        f"gradient descent diverged at step {step} (t = {float(traj.stop_time):.6g}, "
+        f"lr = {float(lr):.6g}): the loss {why}; last finite loss "
+        f"{float(traj.stats['last_finite_loss']):.6g}. The trajectory up to the "
+        "divergence is on `err.trajectory`; try a smaller `lr`."
+    )
+
+
+def gradient_descent(
+    loss,
+    model,
+    *,
+    lr,
+    steps: int,
+    save_every: int = 1,
+    save_steps=None,
+    optimizer=None,
+    rates=None,
+    projection=None,
+    stop_when=None,
+    max_loss=None,
+    throw: bool = False,
+    progress: bool = False,
+) -> Trajectory:
+    r"""Full-batch gradient descent as one jitted, scan-based program.
+
+    $$\theta_{k+1} = \theta_k - \eta\,P \odot \nabla L(\theta_k),\qquad t_k = k\eta,$$
+
+    the explicit Euler method of the gradient flow dθ/dt = −P∇L with step η
+    (science.md §1). With an `optimizer`, P∇L is fed to it instead of the plain
+    update. Trainable parameters are the floating-point array leaves of `model`.
+
+    **Arguments:**
+
+    - `loss`: model → scalar, e.g. `problem.loss` (its data are traced).
+    - `model`: the initial model (an Equinox module).
+    - `lr`: η > 0, traced: a new value never recompiles. It also sets the clock.
+    - `steps`: number of steps K (static).
+    - `save_every`: save every this many steps (must divide `steps`).
+    - `save_steps`: alternatively, the increasing step indices to save (e.g.
+      `log_save_steps(steps)`); 0 and `steps` are always saved.
+    - `optimizer`: None for plain GD; an optax factory taking the learning rate
+      (`optax.adam`, `functools.partial(optax.sgd, momentum=0.9)`), called with the
+      traced `lr`; or a ready `optax.GradientTransformation`, used as is (its own
+      learning rate applies and `lr` only sets the clock).
+    - `rates`: P, a positive scalar or a pytree with the model's structure (see
+      `uniform_rates`, `PolarDiagonalNet.rates`). Same `rates` as `gradient_flow`
+      means the same preconditioning.
+    - `projection`: model → model applied after every step, e.g.
+      `PolarDiagonalNet.normalised` for projected (rPGD) polar descent.
+    - `stop_when`: a stop condition (`LossBelow(tol)`, `GradNormBelow(tol)`) checked
+      before every step; the run then ends with status `event_occurred`.
+    - `max_loss`: treat a loss above this as divergence (default: only non-finite).
+    - `throw`: raise `DivergenceError` if the run diverges (otherwise the status
+      is on the result).
+    - `progress`: show a tqdm bar.
+
+    **Returns:** a `Trajectory` with `ts = k·lr` at the saved steps. A run that
+    diverges at step k keeps all saves up to k, has `result = RESULTS.diverged`,
+    `stats["stop_step"] = k`, `stop_time = k·lr` and `stats["last_finite_loss"]`;
+    later saves are `inf`.
+    """
+    loss = check_loss(loss)
+    lr = positive_scalar("lr", lr)
+    steps = positive_int("steps", steps)
+    segments = schedule(steps, save_every, save_steps)
+    params, static = split_model(model)
+    rates = check_rates(rates, model)
+    stop_when = check_stop_condition(stop_when)
+    max_loss = None if max_loss is None else positive_scalar("max_loss", max_loss)
+    if projection is not None and not callable(projection):
+        raise TypeError("`projection` must be None or a callable model -> model.")
+    config = (segments, _check_optimizer(optimizer), projection, bool(progress))
+    bar = _progress.open_bar(steps, "gradient descent") if progress else None
+    try:
+        traj = _descend(loss, params, static, lr, rates, max_loss, stop_when, config)
+    finally:
+        if bar is not None:
+            _progress.close_bar(bar)
+    if throw:
+        traj = _throw_if_diverged(traj, lr)
+    return traj
+
+
+def _throw_if_diverged(traj: Trajectory, lr) -> Trajectory:
+    diverged = traj.result == RESULTS.diverged
+    if is_concrete(traj.loss) and jnp.ndim(traj.stop_time) == 0:
+        if bool(diverged):
+            raise DivergenceError(_divergence_message(traj, lr), traj)
+        return traj
+    checked = eqx.error_if(
+        traj.loss,
+        diverged,
+        "gradient descent diverged (see the trajectory's stats['stop_step']).",
+    )
+    return eqx.tree_at(lambda t: t.loss, traj, checked)

@@ -1,0 +1,204 @@
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import is_concrete, positive_int, positive_scalar
+from ._common import check_loss, scalar_loss, split_model, stacked_model
+from ._rates import check_rates, precondition
+from ._results import RESULTS, SolverError
+from ._stopping import check_stop_condition
+from ._trajectory import Trajectory, fill_after_stop
+
+
+def _vector_field(t, params, args):
+    loss, static, rates = args
+    grads = jax.grad(scalar_loss(loss, static))(params)
+    return jax.tree.map(jnp.negative, precondition(grads, rates))
+
+
+def _event(stop_when):
+    def cond_fn(t, params, args, **kwargs):
+        loss, static, _ = args
+        value, grads = jax.value_and_grad(scalar_loss(loss, static))(params)
+        return stop_when(value, grads)
+
+    return diffrax.Event(cond_fn)
+
+
+@eqx.filter_jit
+def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, config):
+    solver, max_steps, adjoint, progress = config
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_vector_field),
+        solver,
+        t0=jnp.zeros((), dtype),
+        t1=t1,
+        dt0=dt0,
+        y0=params,
+        args=(loss, static, rates),
+        # Save at `ts` and at the final time reached, so a stopped or failed solve
+        # still hands back where it got to.
+        saveat=diffrax.SaveAt(ts=ts, t1=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        adjoint=adjoint,
+        event=None if stop_when is None else _event(stop_when),
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=(
+            diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+        ),
+    )
+    saved = jax.tree.map(lambda y: y[:-1], sol.ys)
+    final = jax.tree.map(lambda y: y[-1], sol.ys)
+    stop_time = sol.ts[-1]
+    value_fn = scalar_loss(loss, static)
+    final_loss = value_fn(final)
+    # Saves past the stop are already inf from Diffrax; a save exactly at the stop
+    # time is real, and L is only evaluated where the state is finite.
+    finite = jax.vmap(
+        lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)]))
+    )(saved)
+    safe = jax.tree.map(
+        lambda y, y0: jnp.where(finite.reshape((-1,) + (1,) * (y.ndim - 1)), y, y0[None]),
+        saved,
+        params,
+    )
+    saved_loss = jnp.where(finite, jax.vmap(value_fn)(safe), jnp.inf)
+    saved, saved_loss = fill_after_stop((saved, saved_loss), ts, stop_time, strict=True)
+    return Trajectory(
+        ts=ts,
+        models=stacked_model(saved, static, ts.shape[0]),
+        loss=saved_loss,
+        final=eqx.combine(final, static),
+        final_loss=final_loss,
+        stop_time=stop_time,
+        result=RESULTS.promote(sol.result),
+        stats=dict(
+            num_steps=sol.stats["num_steps"],
+            num_accepted_steps=sol.stats["num_accepted_steps"],
+            num_rejected_steps=sol.stats["num_rejected_steps"],
+        ),
+    )
+
+
+def _check_ts(ts, t1):
+    if ts is None:
+        return jnp.stack([jnp.zeros_like(t1), t1])
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"`ts` must be a non-empty 1-D array of times, got shape {ts.shape}.")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        ts = ts.astype(t1.dtype)
+    if is_concrete(ts) and is_concrete(t1):
+        arr = np.asarray(ts)
+        if arr[0] != 0:
+            raise ValueError(f"`ts` must start at 0 (the initial save), got ts[0] = {arr[0]}.")
+        if np.any(np.diff(arr) < 0):
+            raise ValueError("`ts` must be non-decreasing.")
+        if arr[-1] > float(t1):
+            raise ValueError(f"`ts` must lie in [0, t1 = {float(t1)}], got ts[-1] = {arr[-1]}.")
+        return ts
+    bad = (ts[0] != 0) | jnp.any(jnp.diff(ts) < 0) | (ts[-1] > t1)
+    return eqx.error_if(ts, bad, "`ts` must be non-decreasing, start at 0 and end ≤ t1.")
+
+
+def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str:
+    return (
+        f"gradient flow stopped at t = {float(traj.stop_time):.6g} of t1 = "
+        f"{float(t1):.6g}: {RESULTS[traj.result]} Try raising `max_steps` (now "
+        f"{max_steps}), loosening `rtol`/`atol` (now {float(rtol):.3g}/"
+        f"{float(atol):.3g}), or a stiff solver such as `diffrax.Kvaerno5()` "
+        f"(now {type(solver).__name__}). The partial trajectory is on `err.trajectory`."
+    )
+
+
+def gradient_flow(
+    loss,
+    model,
+    *,
+    t1,
+    ts=None,
+    solver=None,
+    rtol=1e-8,
+    atol=1e-10,
+    max_steps: int = 100_000,
+    dt0=None,
+    rates=None,
+    stop_when=None,
+    adjoint=None,
+    throw: bool = False,
+    progress: bool = False,
+) -> Trajectory:
+    r"""The exact gradient flow, solved by `diffrax.diffeqsolve` with adaptive steps.
+
+    $$\frac{d\theta}{dt} = -P \odot \nabla L(\theta),\qquad \theta(0) = \theta_0,$$
+
+    integrated to the stated tolerance (PID step-size control, `rtol`/`atol`) —
+    never approximated by small gradient steps. Gradient descent with step η is
+    this flow's explicit Euler method, on the same clock t = kη.
+
+    **Arguments:**
+
+    - `loss`: model → scalar, e.g. `problem.loss` (its data are traced).
+    - `model`: the initial model.
+    - `t1`: final time > 0 (traced).
+    - `ts`: save times, non-decreasing, starting at 0 and ≤ t1, e.g. a gradient
+      descent trajectory's `ts`. Default: 0 and t1.
+    - `solver`: any Diffrax solver with an error estimate (default `Tsit5()`;
+      `Dopri8()` for tight tolerances, `Kvaerno5()` when stiff).
+    - `rtol`, `atol`: tolerances of the `PIDController` (traced).
+    - `max_steps`: cap on solver steps (static).
+    - `dt0`: initial step (default: chosen by Diffrax).
+    - `rates`: P, as for `gradient_descent`.
+    - `stop_when`: a stop condition (`LossBelow`, `GradNormBelow`) checked after
+      every step as a `diffrax.Event`; the solve ends with `event_occurred`.
+    - `adjoint`: Diffrax adjoint for reverse-mode differentiation (default
+      `RecursiveCheckpointAdjoint()`).
+    - `throw`: raise `SolverError` on solver failure (otherwise the status is on
+      the result).
+    - `progress`: Diffrax's tqdm progress meter.
+
+    **Returns:** a `Trajectory` saved at `ts`. On failure (e.g. `max_steps`
+    reached) it holds everything up to the failure time `stop_time`; later saves
+    are inf and `result` carries Diffrax's code.
+    """
+    loss = check_loss(loss)
+    t1 = positive_scalar("t1", t1)
+    params, static = split_model(model)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    t1 = t1.astype(dtype)
+    ts = _check_ts(ts, t1).astype(dtype)
+    rtol = positive_scalar("rtol", rtol)
+    atol = positive_scalar("atol", atol)
+    max_steps = positive_int("max_steps", max_steps)
+    if dt0 is not None:
+        dt0 = positive_scalar("dt0", dt0)
+    rates = check_rates(rates, model)
+    stop_when = check_stop_condition(stop_when)
+    solver = diffrax.Tsit5() if solver is None else solver
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver).__name__}.")
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    config = (solver, max_steps, adjoint, bool(progress))
+    traj = _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, config)
+    if throw:
+        traj = _throw_if_failed(traj, t1, rtol, atol, max_steps, solver)
+    return traj
+
+
+def _throw_if_failed(traj, t1, rtol, atol, max_steps, solver):
+    failed = ~traj.successful
+    if is_concrete(traj.loss) and jnp.ndim(traj.stop_time) == 0:
+        if bool(failed):
+            raise SolverError(_failure_message(traj, t1, rtol, atol, max_steps, solver), traj)
+        return traj
+    checked = eqx.error_if(
+        traj.loss,
+        failed,
+        "gradient flow failed; raise max_steps, loosen rtol/atol, or try a stiff "
+        "solver such as diffrax.Kvaerno5().",
+    )
+    return eqx.tree_at(lambda t: t.loss, traj, checked)

@@ -1,0 +1,35 @@
+"""Named activation functions.
+
+Activations are referred to by name (a static string), so that later analysis can
+ask structural questions of them, e.g. whether σ is positively homogeneous
+(σ(a z) = a σ(z) for a > 0), which decides whether per-unit rescaling laws exist.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from .._checks import one_of
+
+ACTIVATIONS = {
+    "linear": lambda z: z,
+    "relu": jax.nn.relu,
+    "leaky_relu": lambda z: jax.nn.leaky_relu(z, negative_slope=0.01),
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+#: Activations with σ(a z) = a σ(z) for all a > 0.
+POSITIVELY_HOMOGENEOUS = frozenset({"linear", "relu", "leaky_relu"})
+#: Activations that are C^∞ (needed where third derivatives of the loss are used).
+SMOOTH = frozenset({"linear", "tanh", "gelu", "silu", "softplus", "sigmoid"})
+
+
+def activation_fn(name: str):
+    """The function registered under `name`; ValueError listing the choices if none."""
+    if not isinstance(name, str):
+        raise TypeError(f"`activation` must be a string name, got {type(name).__name__}.")
+    one_of("activation", name, tuple(ACTIVATIONS))
+    return ACTIVATIONS[name]

@@ -1,0 +1,75 @@
+import equinox as eqx
+import jax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._checks import positive_int, positive_scalar
+from .._custom_types import ScalarLike
+from ._activations import activation_fn
+from ._weight_norm import WeightNorm
+
+
+def _scaled_linear(d_in, d_out, scale, key, dtype):
+    layer = eqx.nn.Linear(d_in, d_out, key=key, dtype=dtype)
+    return eqx.tree_at(
+        lambda lin: (lin.weight, lin.bias), layer, (scale * layer.weight, scale * layer.bias)
+    )
+
+
+class MLP(eqx.Module):
+    r"""Fully connected network x ↦ A_D σ(⋯ σ(A₁x + b₁) ⋯) + b_D, optionally with
+    every layer weight-normalised (`WeightNorm`, rows gᵢvᵢ/‖vᵢ‖).
+
+    **Initialisation.** Each layer is `eqx.nn.Linear`'s default (weights and biases
+    uniform on ±1/√fan_in) multiplied by `scale`; with weight normalisation the
+    gains start at the resulting row norms, so both variants start at the same
+    function.
+
+    **Arguments:**
+
+    - `in_dim`, `width`, `out_dim`: input size, hidden width, output size.
+    - `depth`: number of hidden layers (≥ 1); there are `depth + 1` linear layers.
+    - `activation`: a name from `flowgap.models.ACTIVATIONS`; smooth ones (tanh,
+      gelu, softplus, silu, sigmoid) for curvature studies.
+    - `weight_norm`: wrap every layer in `WeightNorm` (static).
+    - `scale`: multiplier on the default init (may be traced).
+    - `key`: PRNG key.
+    """
+
+    layers: tuple[eqx.nn.Linear | WeightNorm, ...]
+    activation: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_dim: int,
+        width: int,
+        out_dim: int,
+        *,
+        depth: int = 2,
+        activation: str = "tanh",
+        weight_norm: bool = False,
+        scale: ScalarLike = 1.0,
+        key: PRNGKeyArray,
+        dtype=None,
+    ):
+        in_dim = positive_int("in_dim", in_dim)
+        width = positive_int("width", width)
+        out_dim = positive_int("out_dim", out_dim)
+        depth = positive_int("depth", depth)
+        activation_fn(activation)
+        scale = positive_scalar("scale", scale)
+        sizes = (in_dim,) + (width,) * depth + (out_dim,)
+        keys = jax.random.split(key, len(sizes) - 1)
+        layers = [
+            _scaled_linear(a, b, scale, k, dtype)
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+        ]
+        if weight_norm:
+            layers = [WeightNorm(layer) for layer in layers]
+        self.layers = tuple(layers)
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " in_dim"]) -> Float[Array, " out_dim"]:
+        sigma = activation_fn(self.activation)
+        for layer in self.layers[:-1]:
+            x = sigma(layer(x))
+        return self.layers[-1](x)
