@@ -7,9 +7,11 @@ import jax.numpy as jnp
 
 
 def split_model(model):
-    """(params, static): the inexact-array leaves, and everything else."""
-    if not callable(model):
-        raise TypeError(f"`model` must be a callable module, got {type(model).__name__}.")
+    """(params, static): the inexact-array leaves, and everything else.
+
+    `model` is any pytree (an Equinox module, or a bare array for a loss written
+    directly in θ).
+    """
     params, static = eqx.partition(model, eqx.is_inexact_array)
     if not jax.tree.leaves(params):
         raise ValueError("`model` has no floating-point array leaves to train.")

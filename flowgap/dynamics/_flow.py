@@ -41,7 +41,9 @@ def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, conf
         args=(loss, static, rates),
         # Save at `ts` and at the final time reached, so a stopped or failed solve
         # still hands back where it got to.
-        saveat=diffrax.SaveAt(ts=ts, t1=True),
+        saveat=diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]
+        ),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         adjoint=adjoint,
         event=None if stop_when is None else _event(stop_when),
@@ -51,9 +53,9 @@ def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, conf
             diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
         ),
     )
-    saved = jax.tree.map(lambda y: y[:-1], sol.ys)
-    final = jax.tree.map(lambda y: y[-1], sol.ys)
-    stop_time = sol.ts[-1]
+    saved = sol.ys[0]
+    final = jax.tree.map(lambda y: y[-1], sol.ys[1])
+    stop_time = sol.ts[1][-1]
     value_fn = scalar_loss(loss, static)
     final_loss = value_fn(final)
     # Saves past the stop are already inf from Diffrax; a save exactly at the stop

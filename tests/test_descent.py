@@ -1,0 +1,177 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flowgap
+from flowgap import RESULTS
+from flowgap.dynamics import (
+    DivergenceError,
+    GradNormBelow,
+    LossBelow,
+    log_save_steps,
+    uniform_rates,
+)
+from flowgap.models import DiagonalNet, PolarDiagonalNet
+from flowgap.problems import sparse_recovery
+
+from .helpers import quadratic
+
+
+def _closed_form(a, b, theta0, lr, k, p=None):
+    """θ_k = θ* + (I − ηPA)^k (θ₀ − θ*), exact GD on ½θᵀAθ − bᵀθ."""
+    p = jnp.ones_like(b) if p is None else p
+    star = jnp.linalg.solve(a, b)
+    m = jnp.eye(b.shape[0]) - lr * p[:, None] * a
+    return star + jnp.linalg.matrix_power(m, k) @ (theta0 - star)
+
+
+def test_gd_on_quadratic_matches_closed_form(key):
+    a, b, loss = quadratic(6, key)
+    theta0 = jnp.ones(6)
+    traj = flowgap.gradient_descent(loss, theta0, lr=0.3, steps=40, save_every=10)
+    assert np.allclose(traj.ts, 0.3 * np.arange(0, 41, 10), rtol=1e-15)
+    for i, k in enumerate(range(0, 41, 10)):
+        # Round-off: ~k·ε·‖θ‖ for a contraction; 1e-13 leaves a wide margin.
+        assert np.allclose(traj[i], _closed_form(a, b, theta0, 0.3, k), atol=1e-13)
+        assert np.isclose(traj.loss[i], loss(traj[i]), rtol=1e-14)
+    assert traj.result == RESULTS.successful
+    assert int(traj.stats["num_steps"]) == 40 and int(traj.stats["stop_step"]) == -1
+    assert np.array_equal(traj.final, traj[-1])
+
+
+def test_rates_precondition_both_sides(key):
+    a, b, loss = quadratic(4, key)
+    p = jnp.array([1.0, 0.5, 2.0, 0.25])
+    traj = flowgap.gradient_descent(loss, jnp.zeros(4), lr=0.2, steps=25, rates=p)
+    assert np.allclose(traj.final, _closed_form(a, b, jnp.zeros(4), 0.2, 25, p), atol=1e-13)
+
+
+def test_log_save_steps_schedule(key):
+    _, _, loss = quadratic(3, key)
+    steps = log_save_steps(1000)
+    assert steps[:4] == (0, 1, 2, 3) and steps[-1] == 1000 and 100 in steps
+    traj = flowgap.gradient_descent(loss, jnp.ones(3), lr=0.1, steps=1000, save_steps=steps)
+    dense = flowgap.gradient_descent(loss, jnp.ones(3), lr=0.1, steps=1000)
+    assert np.allclose(traj.ts, np.asarray(steps) * 0.1, rtol=1e-15)
+    # Same arithmetic in the same order: bit-identical states.
+    assert np.array_equal(traj.models, dense.models[np.asarray(steps)])
+
+
+def test_optimizer_factory_gets_traced_lr(key):
+    a, b, loss = quadratic(3, key)
+    heavy_ball = functools.partial(optax.sgd, momentum=0.9)
+    traj = flowgap.gradient_descent(
+        loss, jnp.ones(3), lr=0.05, steps=30, optimizer=heavy_ball
+    )
+    theta, m = jnp.ones(3), jnp.zeros(3)
+    for _ in range(30):  # optax's heavy ball: m ← g + 0.9 m, θ ← θ − η m
+        m = (a @ theta - b) + 0.9 * m
+        theta = theta - 0.05 * m
+    assert np.allclose(traj.final, theta, atol=1e-13)
+
+
+def test_ready_gradient_transformation_is_used_as_is(key):
+    _, _, loss = quadratic(3, key)
+    ready = optax.adam(1e-2)
+    traj = flowgap.gradient_descent(loss, jnp.ones(3), lr=1e-2, steps=20, optimizer=ready)
+    params, state = jnp.ones(3), ready.init(jnp.ones(3))
+    for _ in range(20):
+        updates, state = ready.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert np.allclose(traj.final, params, atol=1e-14)
+
+
+def test_polar_variants(key):
+    problem = sparse_recovery(key, n=10, d=20, sparsity=2)
+    polar = PolarDiagonalNet(20, scale=0.5)
+    rates = polar.rates(3.0)
+    sk = flowgap.gradient_descent(problem.loss, polar, lr=0.02, steps=50, rates=rates)
+    proj = flowgap.gradient_descent(
+        problem.loss, polar, lr=0.02, steps=50, rates=rates,
+        projection=PolarDiagonalNet.normalised,
+    )
+    sk_norms = jnp.linalg.norm(sk.models.direction, axis=-1)
+    # Salimans–Kingma: ‖θ‖ grows, by exactly η²ρ²‖∇_θL‖² per step (∇_θL ⊥ θ).
+    assert np.all(np.diff(sk_norms) > 0)
+    assert np.allclose(jnp.linalg.norm(proj.models.direction, axis=-1), 1.0, atol=1e-15)
+    assert np.all(np.isfinite(sk.loss)) and np.all(np.isfinite(proj.loss))
+
+
+def test_salimans_kingma_norm_growth_identity(key):
+    problem = sparse_recovery(key, n=10, d=20, sparsity=2)
+    polar = PolarDiagonalNet(20, scale=0.5)
+    lr, rho = 0.02, 3.0
+    traj = flowgap.gradient_descent(
+        problem.loss, polar, lr=lr, steps=30, rates=polar.rates(rho)
+    )
+    for k in range(30):
+        g = jax.grad(problem.loss)(traj[k]).direction
+        before = jnp.sum(traj[k].direction ** 2)
+        after = jnp.sum(traj[k + 1].direction ** 2)
+        # exact: ‖θ − ηρg‖² = ‖θ‖² + η²ρ²‖g‖² since g ⊥ θ (up to round-off ~1e-16)
+        assert np.isclose(after - before, (lr * rho) ** 2 * jnp.sum(g**2), rtol=1e-9)
+
+
+def test_divergence_is_reported_with_step_and_keeps_history(key):
+    _, _, loss = quadratic(4, key, lo=1.0, hi=2.0)  # stable iff lr < 2/2 = 1
+    traj = flowgap.gradient_descent(loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100)
+    assert traj.result == RESULTS.diverged
+    step = int(traj.stats["stop_step"])
+    assert 0 < step < 4000
+    assert np.isclose(traj.stop_time, step * 1.5)
+    assert np.isfinite(traj.stats["last_finite_loss"])
+    before = np.asarray(traj.ts) < float(traj.stop_time)
+    after = np.asarray(traj.ts) > float(traj.stop_time)
+    assert before.sum() == step // 100 + 1
+    assert np.all(np.isfinite(traj.loss[before]))  # the history is kept
+    assert np.all(np.isinf(traj.loss[after]))  # and nothing fake after the stop
+    with pytest.raises(DivergenceError, match=f"step {step}") as err:
+        flowgap.gradient_descent(
+            loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100, throw=True
+        )
+    assert err.value.trajectory is not None
+
+
+def test_max_loss_threshold(key):
+    _, _, loss = quadratic(4, key, lo=1.0, hi=2.0)
+    traj = flowgap.gradient_descent(loss, jnp.ones(4), lr=1.5, steps=400, max_loss=1e3)
+    assert traj.result == RESULTS.diverged
+    assert float(traj.stats["last_finite_loss"]) <= 1e3 < float(traj.final_loss)
+
+
+@pytest.mark.parametrize("stop", [LossBelow(1e-6), GradNormBelow(1e-4)])
+def test_stop_when(key, stop):
+    a, b, shifted = quadratic(3, key)
+    star = jnp.linalg.solve(a, b)
+
+    def loss(theta):  # ≥ 0 with minimum 0, so LossBelow is a convergence test
+        return shifted(theta) - shifted(star)
+
+    traj = flowgap.gradient_descent(loss, jnp.zeros(3), lr=0.5, steps=2000, stop_when=stop)
+    assert traj.result == RESULTS.event_occurred
+    k = int(traj.stats["stop_step"])
+    assert 0 < k < 2000 and int(traj.stats["num_steps"]) == k
+    dense = flowgap.gradient_descent(loss, jnp.zeros(3), lr=0.5, steps=k)
+    assert np.array_equal(dense.final, traj.final)  # stopped exactly at step k
+    before = dense[k - 1]
+    if isinstance(stop, GradNormBelow):
+        assert jnp.linalg.norm(a @ traj.final - b) < 1e-4
+        assert jnp.linalg.norm(a @ before - b) >= 1e-4  # the first such step
+    else:
+        assert loss(traj.final) < 1e-6 <= loss(before)
+
+
+def test_uniform_rates_match_scalar(key):
+    problem = sparse_recovery(key, n=8, d=12, sparsity=2)
+    net = DiagonalNet(12, scale=0.2)
+    a = flowgap.gradient_descent(problem.loss, net, lr=0.01, steps=20, rates=2.0)
+    b = flowgap.gradient_descent(
+        problem.loss, net, lr=0.01, steps=20, rates=uniform_rates(net, 2.0)
+    )
+    c = flowgap.gradient_descent(problem.loss, net, lr=0.02, steps=20)
+    assert np.array_equal(a.final.u, b.final.u)
+    assert np.allclose(a.final.u, c.final.u, rtol=1e-14)
