@@ -110,7 +110,7 @@ def _check_ts(ts, t1):
 def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str:
     return (
         f"gradient flow stopped at t = {float(traj.stop_time):.6g} of t1 = "
-        f"{float(t1):.6g}: {RESULTS[traj.result]} Try raising `max_steps` (now "
+        f"{float(t1):.6g}: {RESULTS[traj.result]} Options: raise `max_steps` (now "
         f"{max_steps}), loosening `rtol`/`atol` (now {float(rtol):.3g}/"
         f"{float(atol):.3g}), or a stiff solver such as `diffrax.Kvaerno5()` "
         f"(now {type(solver).__name__}). The partial trajectory is on `err.trajectory`."

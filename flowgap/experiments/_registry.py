@@ -1,0 +1,107 @@
+"""The experiments `flowgap run NAME` knows, and the one way to run them."""
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import jax
+
+from . import _step_vs_flow
+from ._output import make_folder, run_folder, save_figure, write_json, write_npz
+from ._settings import Setting, SettingError, resolve
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named job: documented settings, `--quick` overrides, and a runner
+    `run(settings, seed=..., progress=...) -> result` whose result has
+    `table()`, `figure()`, `rows`, `fits`, `curves`."""
+
+    name: str
+    summary: str
+    settings: tuple[Setting, ...]
+    quick: dict
+    run: Callable
+
+
+EXPERIMENTS = {
+    e.name: e
+    for e in (
+        Experiment(
+            name=_step_vs_flow.NAME,
+            summary=(_step_vs_flow.__doc__ or "").strip().splitlines()[0],
+            settings=_step_vs_flow.SETTINGS,
+            quick=_step_vs_flow.QUICK,
+            run=_step_vs_flow.run,
+        ),
+    )
+}
+
+
+def get(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise SettingError(
+            f"unknown experiment `{name}`; known: {', '.join(sorted(EXPERIMENTS))}"
+        )
+    return EXPERIMENTS[name]
+
+
+def set_precision(dtype: str) -> None:
+    """float64 (default) enables JAX's x64 mode; float32 disables it and keeps
+    matmuls at "highest" precision so TF32 never swamps a gap on accelerators."""
+    if dtype not in ("float64", "float32"):
+        raise SettingError(f"`dtype` must be float64 or float32, got {dtype!r}")
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def run(
+    name: str,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    dtype: str = "float64",
+    overrides: dict | None = None,
+    out=None,
+    force: bool = False,
+    save: bool = True,
+    progress: bool = True,
+):
+    """Run experiment `name` and (if `save`) write its folder.
+
+    Settings: the experiment's defaults, then its `--quick` overrides, then
+    `overrides` (strings as from `--set key=value`, or Python values).
+
+    **Returns:** `(result, folder)`; `folder` is None when `save=False`. The folder
+    holds `settings.json`, `results.json` (table rows and fits), `arrays.npz`
+    (loadable with `np.load(..., allow_pickle=False)`) and `figure.png`.
+    """
+    experiment = get(name)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SettingError(f"`seed` must be a non-negative integer, got {seed!r}")
+    set_precision(dtype)
+    chosen = {**(experiment.quick if quick else {}), **(overrides or {})}
+    settings = resolve(experiment.settings, chosen)
+    folder = run_folder(name, out, force) if save else None
+    result = experiment.run(settings, seed=seed, progress=progress)
+    if folder is not None:
+        make_folder(folder)
+        _save(folder, experiment, result, dict(seed=seed, dtype=dtype, quick=quick))
+    return result, folder
+
+
+def _save(folder: pathlib.Path, experiment: Experiment, result, meta: dict) -> None:
+    from importlib.metadata import version
+
+    write_json(
+        folder / "settings.json",
+        dict(experiment=experiment.name, flowgap=version("flowgap"), **meta,
+             settings=result.settings),
+    )
+    write_json(folder / "results.json", dict(rows=result.rows, fits=result.fits))
+    write_npz(folder / "arrays.npz", result.curves)
+    figure = result.figure()
+    save_figure(folder / "figure.png", figure)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
