@@ -4,7 +4,7 @@ on one clock t = k·η."""
 import importlib.metadata
 
 from . import analysis as analysis, dynamics as dynamics, models as models
-from . import problems as problems
+from . import experiments as experiments, problems as problems
 from .dynamics import (
     RESULTS as RESULTS,
     DivergenceError as DivergenceError,

@@ -39,11 +39,18 @@ def make_folder(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: pathlib.Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use normal perms
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -48,7 +48,7 @@ SETTINGS = (
     Setting("saves", 200, "saved points per run; must divide each run's step count", "int", minimum=2),
 )
 
-QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=40)
+QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50)
 
 
 def _steps(t1: float, lr: float, saves: int) -> int:

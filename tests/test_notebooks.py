@@ -1,0 +1,29 @@
+"""Every notebook runs top to bottom (with FLOWGAP_QUICK=1 for small settings)."""
+
+import os
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch):
+    monkeypatch.setenv("FLOWGAP_QUICK", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [
+        out for cell in notebook.cells if cell.cell_type == "code"
+        for out in cell.get("outputs", []) if out.get("output_type") == "error"
+    ]
+    assert not errors
+
+
+def test_there_is_a_quickstart():
+    assert any(p.stem == "quickstart" for p in NOTEBOOKS)
+    assert os.path.getsize(NOTEBOOKS[0]) > 0
