@@ -175,3 +175,62 @@ def test_uniform_rates_match_scalar(key):
     c = flowgap.gradient_descent(problem.loss, net, lr=0.02, steps=20)
     assert np.array_equal(a.final.u, b.final.u)
     assert np.allclose(a.final.u, c.final.u, rtol=1e-14)
+
+
+def _bad_calls(key):
+    problem = sparse_recovery(key, n=8, d=12, sparsity=2)
+    net = DiagonalNet(12, scale=0.2)
+    gd = functools.partial(flowgap.gradient_descent, problem.loss, net)
+    wrong_dim = sparse_recovery(key, n=8, d=13, sparsity=2)
+    return [
+        (lambda: gd(lr=0.0, steps=10), "lr"),
+        (lambda: gd(lr=-0.1, steps=10), "lr"),
+        (lambda: gd(lr=float("inf"), steps=10), "lr"),
+        (lambda: gd(lr=jnp.ones(2), steps=10), "lr"),
+        (lambda: gd(lr="0.1", steps=10), "lr"),
+        (lambda: gd(lr=0.1, steps=0), "steps"),
+        (lambda: gd(lr=0.1, steps=2.5), "steps"),
+        (lambda: gd(lr=0.1, steps=10, save_every=3), "save_every"),
+        (lambda: gd(lr=0.1, steps=10, save_steps=[0, 5, 3]), "save_steps"),
+        (lambda: gd(lr=0.1, steps=10, save_steps=[0, 11]), "save_steps"),
+        (lambda: gd(lr=0.1, steps=10, rates=-1.0), "rates"),
+        (lambda: gd(lr=0.1, steps=10, rates=PolarDiagonalNet(12, scale=1.0)), "rates"),
+        (lambda: gd(lr=0.1, steps=10, rates=uniform_rates(net, -2.0)), "rates"),
+        (lambda: gd(lr=0.1, steps=10, optimizer="adam"), "optimizer"),
+        (lambda: gd(lr=0.1, steps=10, stop_when=LossBelow(-1.0)), "tol"),
+        (lambda: gd(lr=0.1, steps=10, max_loss=0.0), "max_loss"),
+        (lambda: gd(lr=0.1, steps=10, projection=3), "projection"),
+        (lambda: flowgap.gradient_descent("loss", net, lr=0.1, steps=10), "loss"),
+        (
+            lambda: flowgap.gradient_descent(
+                lambda m: m.u, net, lr=0.1, steps=10
+            ),
+            "loss",
+        ),
+        (
+            lambda: flowgap.gradient_descent(wrong_dim.loss, net, lr=0.1, steps=10),
+            "inputs",
+        ),
+        (
+            lambda: flowgap.gradient_descent(problem.loss, {"a": 1}, lr=0.1, steps=10),
+            "model",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(21))
+def test_bad_input_names_the_argument(key, index):
+    call, name = _bad_calls(key)[index]
+    # ours say `name`; under the test suite's runtime type checker, an annotated
+    # parameter may be caught first by jaxtyping/beartype, which says 'name'.
+    with pytest.raises((ValueError, TypeError), match=f"[`']{name}[`']"):
+        call()
+
+
+def test_progress_bar_runs(key, capsys):
+    _, _, loss = quadratic(3, key)
+    traj = flowgap.gradient_descent(
+        loss, jnp.ones(3), lr=0.1, steps=1000, save_every=10, progress=True
+    )
+    assert traj.result == RESULTS.successful
+    assert "gradient descent" in capsys.readouterr().err

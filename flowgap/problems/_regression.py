@@ -49,7 +49,13 @@ class RegressionProblem(eqx.Module):
 
     def predict(self, model) -> Float[Array, "n ..."]:
         """f(xᵢ) for every sample, shape (n, …)."""
-        return jax.vmap(model)(self.inputs)
+        try:
+            return jax.vmap(model)(self.inputs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"the model cannot be applied to `inputs` of shape {self.inputs.shape} "
+                f"(one sample: {self.inputs.shape[1:]}): {err}"
+            ) from err
 
     def loss(self, model) -> Float[Array, ""]:
         """(1/2n) Σᵢ ‖f(xᵢ) − yᵢ‖²."""
