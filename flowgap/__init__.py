@@ -3,7 +3,8 @@ on one clock t = k·η."""
 
 import importlib.metadata
 
-from . import analysis as analysis, dynamics as dynamics, models as models
+from . import analysis as analysis, dynamics as dynamics, invariants as invariants
+from . import models as models
 from . import experiments as experiments, problems as problems
 from .dynamics import (
     RESULTS as RESULTS,
