@@ -36,16 +36,21 @@ def _perturb(model, key, spread):
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
-def _alignment(q, loss, model, rates):
-    theta, rebuild = flatten(model)
+def _alignments(q, loss, model, rates, thetas):
+    """The worst normalised alignment at each flat point in `thetas`."""
+    _, rebuild = flatten(model)
     p = flat_rates(rates, model)
-    jac = jax.jacrev(lambda t: as_vector(q, rebuild(t)))(theta)
-    flow = p * jax.grad(lambda t: loss(rebuild(t)))(theta)
-    norms = jnp.linalg.norm(jac, axis=1) * jnp.linalg.norm(flow)
-    # Components with ∇Qᵢ = 0 here (e.g. a projector's zero rows) say nothing.
-    live = norms > 1e-300 + 1e-12 * jnp.max(norms)
-    cosines = jnp.abs(jac @ flow) / jnp.where(live, norms, 1.0)
-    return float(jnp.max(jnp.where(live, cosines, 0.0)))
+
+    def one(theta):
+        jac = jax.jacrev(lambda t: as_vector(q, rebuild(t)))(theta)
+        flow = p * jax.grad(lambda t: loss(rebuild(t)))(theta)
+        norms = jnp.linalg.norm(jac, axis=1) * jnp.linalg.norm(flow)
+        # Components with ∇Qᵢ = 0 here (e.g. a projector's zero rows) say nothing.
+        live = norms > 1e-300 + 1e-12 * jnp.max(norms)
+        cosines = jnp.abs(jac @ flow) / jnp.where(live, norms, 1.0)
+        return jnp.max(jnp.where(live, cosines, 0.0))
+
+    return np.asarray(jax.jit(jax.vmap(one))(thetas))
 
 
 def check_conserved(
@@ -79,7 +84,8 @@ def check_conserved(
     if trajectory is not None:
         finite = np.isfinite(np.asarray(trajectory.loss))
         points += [trajectory[i] for i in np.flatnonzero(finite)]
-    values = np.array([_alignment(q, loss, point, rates) for point in points])
+    thetas = jnp.stack([flatten(point)[0] for point in points])
+    values = _alignments(q, loss, model, rates, thetas)
     worst = float(values.max())
     return ConservationCheck(worst, values, float(tol), bool(worst <= tol))
 

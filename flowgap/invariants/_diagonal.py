@@ -12,7 +12,7 @@ def _require(model, cls, name):
         )
 
 
-def diagonal_balance(model: DiagonalNet) -> Float[Array, " dim"]:
+def diagonal_balance(model) -> Float[Array, " dim"]:
     r"""Entrywise law of a `DiagonalNet` (any data):
 
     - depth 2: Q = u ⊙ v (since du/dt = −2u⊙g, dv/dt = +2v⊙g);
@@ -24,7 +24,7 @@ def diagonal_balance(model: DiagonalNet) -> Float[Array, " dim"]:
     return model.u ** (2 - model.depth) + model.v ** (2 - model.depth)
 
 
-def diagonal_mirror(model: DiagonalNet, inputs: Float[Array, "n dim"]) -> Float[Array, " 2*dim"]:
+def diagonal_mirror(model, inputs: Float[Array, "n dim"]) -> Float[Array, " 2*dim"]:
     r"""Data-dependent ("mirror") law of a `DiagonalNet` on inputs X.
 
     The gradient in β is g = Xᵀ(residual)/n ∈ range(Xᵀ), and d(ln u)/dt = −2g,

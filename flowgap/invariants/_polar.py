@@ -7,7 +7,7 @@ from ._diagonal import _require
 from ._projection import null_projector
 
 
-def polar_direction_norm(model: PolarDiagonalNet) -> Float[Array, "*radii"]:
+def polar_direction_norm(model) -> Float[Array, "*radii"]:
     r"""‖θ‖² of the stored direction (per block when `split`).
 
     The network uses θ/‖θ‖, so L(aθ) = L(θ) (a scale symmetry) and ∇_θL ⊥ θ: the
@@ -19,7 +19,7 @@ def polar_direction_norm(model: PolarDiagonalNet) -> Float[Array, "*radii"]:
 
 
 def polar_mirror(
-    model: PolarDiagonalNet, inputs: Float[Array, "n dim"], ratio=1.0
+    model, inputs: Float[Array, "n dim"], ratio=1.0
 ) -> Float[Array, " 2*dim"]:
     r"""Mirror law of the polar diagonal network trained at rate ratio ρ = η_θ/η_r
     (`rates=model.rates(ρ)`), science.md §4.
