@@ -44,6 +44,8 @@ def test_help_lists_settings(capsys):
         (["run", "step-vs-flow", "--dtype", "float16"], "float16"),
         (["run", "step-vs-flow", "--seed", "-3"], "--seed"),
         (["frobnicate"], "frobnicate"),
+        (["run", "invariants", "--set", "lrs=0.3"], "`lrs`"),
+        (["run", "invariants", "--set", "ratio=0"], "`ratio`"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
@@ -83,3 +85,21 @@ def test_same_seed_same_bytes(tmp_path):
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def test_invariants_job_quick(tmp_path):
+    from flowgap.experiments import run
+
+    result, folder = run(
+        "invariants", quick=True, out=tmp_path / "inv", progress=False
+    )
+    by_clock = {(r["model"], r["clock"]): r for r in result.rows}
+    for model in ("diagonal", "polar", "deep-linear", "relu-two-layer"):
+        gf = by_clock[(model, "GF")]
+        assert gf["relative"] < 1e-8  # the flow conserves the law
+        gd = by_clock[(model, "GD lr=0.04")]
+        # every law here is quadratic with ⟨∇Q, P∇L⟩ = 0: prediction exact
+        assert gd["drift"] == pytest.approx(gd["predicted"], rel=1e-9)
+        assert gd["relative"] > 1e3 * gf["relative"]  # and steps do break it
+    assert (folder / "figure.png").exists()
+    assert "drift exponent in lr (deep-linear)" in result.table()

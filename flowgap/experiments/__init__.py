@@ -7,3 +7,4 @@ from ._registry import (
 )
 from ._settings import Setting as Setting, SettingError as SettingError
 from ._step_vs_flow import StepVsFlowResult as StepVsFlowResult
+from ._invariants import InvariantsResult as InvariantsResult

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from . import _step_vs_flow
+from . import _invariants, _step_vs_flow
 from ._output import make_folder, run_folder, save_figure, write_json, write_npz
 from ._settings import Setting, SettingError, resolve
 
@@ -33,6 +33,13 @@ EXPERIMENTS = {
             settings=_step_vs_flow.SETTINGS,
             quick=_step_vs_flow.QUICK,
             run=_step_vs_flow.run,
+        ),
+        Experiment(
+            name=_invariants.NAME,
+            summary=(_invariants.__doc__ or "").strip().splitlines()[0],
+            settings=_invariants.SETTINGS,
+            quick=_invariants.QUICK,
+            run=_invariants.run,
         ),
     )
 }

@@ -62,7 +62,7 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None) -> DriftReport:
     _, rebuild = flatten(model0)
     qv = lambda t: as_vector(q, rebuild(t))  # noqa: E731
     p = flat_rates(rates, model0)
-    thetas = jnp.stack([flatten(trajectory[i])[0] for i in range(last)])
+    thetas = jax.vmap(lambda m: flatten(m)[0])(trajectory.models)[:last]
     steps = thetas[1:] - thetas[:-1]
 
     def one(theta, delta):
