@@ -212,14 +212,13 @@ def hand_scan_gd(u, v, x, y, lr, steps, guard=False):
     as flowgap's divergence guard does.
     """
     loss = functools.partial(lsq_loss, x=x, y=y)
-    value_and_grad = jax.value_and_grad(loss)
 
     def step(carry, _):
         params, alive = carry
         if not guard:
             grads = jax.grad(loss)(params)
             return (jax.tree.map(lambda p, g: p - lr * g, params, grads), alive), None
-        value, grads = value_and_grad(params)
+        value, grads = jax.value_and_grad(loss)(params)
         alive = alive & jnp.isfinite(value)
         new = jax.tree.map(lambda p, g: jnp.where(alive, p - lr * g, p), params, grads)
         return (new, alive), None

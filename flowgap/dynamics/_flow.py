@@ -12,15 +12,24 @@ from ._stopping import check_stop_condition
 from ._trajectory import Trajectory, fill_after_stop
 
 
-def _vector_field(t, params, args):
-    loss, static, rates = args
-    grads = jax.grad(scalar_loss(loss, static))(params)
-    return jax.tree.map(jnp.negative, precondition(grads, rates))
+def gradient_field(loss, static, rates):
+    """θ ↦ −P∇L(θ), the gradient-flow vector field on the trainable parameters."""
+    value_fn = scalar_loss(loss, static)
+
+    def field(params):
+        grads = jax.grad(value_fn)(params)
+        return jax.tree.map(jnp.negative, precondition(grads, rates))
+
+    return field
+
+
+def _plain_field(loss, static, rates, lr):
+    return gradient_field(loss, static, rates)
 
 
 def _event(stop_when):
     def cond_fn(t, params, args, **kwargs):
-        loss, static, _ = args
+        loss, static = args[:2]
         value, grads = jax.value_and_grad(scalar_loss(loss, static))(params)
         return stop_when(value, grads)
 
@@ -28,17 +37,21 @@ def _event(stop_when):
 
 
 @eqx.filter_jit
-def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, config):
-    solver, max_steps, adjoint, progress = config
+def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, config):
+    solver, max_steps, adjoint, progress, make_field = config
     dtype = jnp.result_type(*jax.tree.leaves(params))
+
+    def vector_field(t, y, args):
+        return make_field(*args)(y)
+
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_vector_field),
+        diffrax.ODETerm(vector_field),
         solver,
         t0=jnp.zeros((), dtype),
         t1=t1,
         dt0=dt0,
         y0=params,
-        args=(loss, static, rates),
+        args=(loss, static, rates, lr),
         # Save at `ts` and at the final time reached, so a stopped or failed solve
         # still hands back where it got to.
         saveat=diffrax.SaveAt(
@@ -117,6 +130,39 @@ def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str
     )
 
 
+def integrate(
+    loss, model, *, t1, ts, solver, rtol, atol, max_steps, dt0, rates, stop_when,
+    adjoint, throw, progress, lr=None, make_field=_plain_field,
+) -> Trajectory:
+    """Validate the shared arguments and solve dθ/dt = make_field(loss, static,
+    rates, lr)(θ) with Diffrax (the engine of `gradient_flow` and
+    `modified_flow`)."""
+    loss = check_loss(loss)
+    t1 = positive_scalar("t1", t1)
+    params, static = split_model(model)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    t1 = t1.astype(dtype)
+    ts = _check_ts(ts, t1).astype(dtype)
+    rtol = positive_scalar("rtol", rtol)
+    atol = positive_scalar("atol", atol)
+    max_steps = positive_int("max_steps", max_steps)
+    if dt0 is not None:
+        dt0 = positive_scalar("dt0", dt0)
+    rates = check_rates(rates, model)
+    stop_when = check_stop_condition(stop_when)
+    solver = diffrax.Tsit5() if solver is None else solver
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver).__name__}.")
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    config = (solver, max_steps, adjoint, bool(progress), make_field)
+    traj = _solve(
+        loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, config
+    )
+    if throw:
+        traj = _throw_if_failed(traj, t1, rtol, atol, max_steps, solver)
+    return traj
+
+
 def gradient_flow(
     loss,
     model,
@@ -167,28 +213,11 @@ def gradient_flow(
     reached) it holds everything up to the failure time `stop_time`; later saves
     are inf and `result` carries Diffrax's code.
     """
-    loss = check_loss(loss)
-    t1 = positive_scalar("t1", t1)
-    params, static = split_model(model)
-    dtype = jnp.result_type(*jax.tree.leaves(params))
-    t1 = t1.astype(dtype)
-    ts = _check_ts(ts, t1).astype(dtype)
-    rtol = positive_scalar("rtol", rtol)
-    atol = positive_scalar("atol", atol)
-    max_steps = positive_int("max_steps", max_steps)
-    if dt0 is not None:
-        dt0 = positive_scalar("dt0", dt0)
-    rates = check_rates(rates, model)
-    stop_when = check_stop_condition(stop_when)
-    solver = diffrax.Tsit5() if solver is None else solver
-    if not isinstance(solver, diffrax.AbstractSolver):
-        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver).__name__}.")
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    config = (solver, max_steps, adjoint, bool(progress))
-    traj = _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, config)
-    if throw:
-        traj = _throw_if_failed(traj, t1, rtol, atol, max_steps, solver)
-    return traj
+    return integrate(
+        loss, model, t1=t1, ts=ts, solver=solver, rtol=rtol, atol=atol,
+        max_steps=max_steps, dt0=dt0, rates=rates, stop_when=stop_when,
+        adjoint=adjoint, throw=throw, progress=progress,
+    )
 
 
 def _throw_if_failed(traj, t1, rtol, atol, max_steps, solver):
