@@ -1,0 +1,164 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from .._checks import one_of, positive_int
+
+
+def _flat_problem(fn, model):
+    """(θ, v ↦ ∇²F(θ)v): F = fn∘model on the flat trainable parameters; the
+    Hessian-vector product is a jvp of the gradient (no Hessian is formed)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    theta, unravel = ravel_pytree(params)
+
+    def value(t):
+        out = fn(eqx.combine(unravel(t), static))
+        if jnp.shape(out) != ():
+            raise ValueError(f"the function must return a scalar, got shape {jnp.shape(out)}.")
+        return out
+
+    grad = jax.grad(value)
+    return theta, lambda t, v: jax.jvp(grad, (t,), (v,))[1]
+
+
+def lanczos(matvec, v0, iters: int):
+    r"""Lanczos with full reorthogonalisation on a symmetric operator.
+
+    Builds an orthonormal Krylov basis V (iters × D) and the tridiagonal
+    T = VᵀAV; the Ritz values (eigenvalues of T, ascending) approximate A's
+    extreme eigenvalues, exactly once iters = D. On breakdown (an invariant
+    subspace is found) the remaining basis vectors are zero and contribute Ritz
+    values 0.
+
+    **Returns:** (Ritz values, Ritz vectors as columns of shape (D, iters)).
+    """
+    dim = v0.shape[0]
+    basis = jnp.zeros((iters + 1, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+
+    def step(carry, j):
+        basis, beta_prev = carry
+        v = basis[j]
+        w = matvec(v)
+        alpha = w @ v
+        w = w - alpha * v - beta_prev * basis[jnp.maximum(j - 1, 0)] * (j > 0)
+        for _ in range(2):  # full reorthogonalisation, twice (Kahan–Parlett)
+            w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(jnp.abs(alpha), 1.0)
+        ok = beta > 1e-12 * scale
+        basis = basis.at[j + 1].set(jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0))
+        beta = jnp.where(ok, beta, 0.0)
+        return (basis, beta), (alpha, beta)
+
+    (basis, _), (alphas, betas) = lax.scan(
+        step, (basis, jnp.zeros((), v0.dtype)), jnp.arange(iters)
+    )
+    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    values, vectors = jnp.linalg.eigh(tri)
+    return values, basis[:iters].T @ vectors
+
+
+def _start(theta, init, key):
+    if init is not None:
+        init = jnp.asarray(init, theta.dtype)
+        if init.shape != theta.shape:
+            raise ValueError(
+                f"`init` must be a flat vector of the model's {theta.shape[0]} "
+                f"parameters, got shape {init.shape}."
+            )
+        return init
+    key = jax.random.key(0) if key is None else key
+    return jax.random.normal(key, theta.shape, theta.dtype)
+
+
+def hessian_extremes(fn, model, *, k=1, iters=None, method="lanczos", init=None, key=None):
+    """Top-k eigenpairs of ∇²(fn∘model) (see `sharpness`); returns (values
+    descending, vectors (D, k))."""
+    one_of("method", method, ("lanczos", "power"))
+    k = positive_int("k", k)
+    theta, hvp = _flat_problem(fn, model)
+    dim = theta.shape[0]
+    iters = min(dim, 64) if iters is None else positive_int("iters", iters)
+    if method == "lanczos":
+        if k > min(iters, dim):
+            raise ValueError(f"`k` must be at most iters = {min(iters, dim)}, got {k}.")
+        values, vectors = lanczos(lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim))
+        return values[::-1][:k], vectors[:, ::-1][:, :k]
+    if k != 1:
+        raise ValueError("`k` > 1 needs method='lanczos'.")
+
+    def power(v, _):
+        w = hvp(theta, v)
+        return w / jnp.linalg.norm(w), None
+
+    v0 = _start(theta, init, key)
+    v, _ = lax.scan(power, v0 / jnp.linalg.norm(v0), None, length=iters)
+    return (v @ hvp(theta, v))[None], v[:, None]
+
+
+def sharpness(loss, model, *, k: int = 1, iters=None, method="lanczos", init=None,
+              key=None, return_vectors: bool = False):
+    r"""Sharpness λ_max(∇²L(θ)), from Hessian-vector products only.
+
+    `method="lanczos"` (default): Lanczos with full reorthogonalisation,
+    `iters` = min(D, 64) steps; exact once iters = D, and the top Ritz values
+    converge first. `method="power"`: power iteration, which finds the eigenvalue of
+    largest magnitude (equal to λ_max when the Hessian's top eigenvalue dominates,
+    as near a minimum). `init` warm-starts from a previous top eigenvector (flat, in
+    `jax.flatten_util.ravel_pytree` order of the trainable parameters), as along
+    a trajectory; GD is stable near θ while λ_max < 2/η.
+
+    **Returns:** λ_max as a scalar array, or the top `k` eigenvalues (descending)
+    when k > 1; with `return_vectors=True`, also the eigenvectors as columns.
+    """
+    values, vectors = hessian_extremes(loss, model, k=k, iters=iters, method=method,
+                                       init=init, key=key)
+    values = values[0] if k == 1 else values
+    return (values, vectors) if return_vectors else values
+
+
+def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None):
+    r"""‖∇²_θ f(θ; x)‖₂, the spectral norm of the predictor's Hessian in the
+    parameters at one input x (the quantity bounded for weight-normalised networks,
+    Cisneros-Velarde et al. 2024), as max(|λ_max|, |λ_min|) of Lanczos on
+    Hessian-vector products. f must be scalar (a single output).
+    """
+
+    def f(m):
+        out = m(x)
+        if jnp.size(out) != 1:
+            raise ValueError(
+                f"`model` must have a single output for `predictor_hessian_norm`, got "
+                f"shape {jnp.shape(out)}."
+            )
+        return jnp.reshape(out, ())
+
+    theta, hvp = _flat_problem(f, model)
+    dim = theta.shape[0]
+    iters = min(dim, 64) if iters is None else positive_int("iters", iters)
+    values, _ = lanczos(lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim))
+    return jnp.max(jnp.abs(values))
+
+
+def track_sharpness(loss, trajectory, *, iters=None, key=None):
+    r"""λ_max(∇²L) at every save of `trajectory`, each Lanczos run warm-started
+    from the previous save's top eigenvector (one compiled scan over the saves).
+    Non-finite saves (after a stop) give NaN.
+
+    **Returns:** array of shape (saves,).
+    """
+    first = trajectory[0]
+    theta0, _ = _flat_problem(loss, first)
+    v0 = _start(theta0, None, key)
+
+    def body(v, model):
+        values, vectors = hessian_extremes(loss, model, k=1, iters=iters, init=v)
+        finite = jnp.isfinite(values[0])
+        return jnp.where(finite, vectors[:, 0], v), jnp.where(finite, values[0], jnp.nan)
+
+    _, values = jax.jit(lambda v, models: lax.scan(body, v, models))(v0, trajectory.models)
+    return values
+
+
