@@ -1,5 +1,6 @@
 """Trainers on one clock: jitted gradient descent and Diffrax gradient flow."""
 
+from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
 from ._flow import gradient_flow as gradient_flow
 from ._modified import modified_flow as modified_flow

@@ -38,7 +38,7 @@ def _event(stop_when):
 
 @eqx.filter_jit
 def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, config):
-    solver, max_steps, adjoint, progress, make_field = config
+    solver, max_steps, adjoint, progress, make_field, dense = config
     dtype = jnp.result_type(*jax.tree.leaves(params))
 
     def vector_field(t, y, args):
@@ -55,7 +55,7 @@ def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, 
         # Save at `ts` and at the final time reached, so a stopped or failed solve
         # still hands back where it got to.
         saveat=diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]
+            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], dense=dense
         ),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         adjoint=adjoint,
@@ -96,6 +96,7 @@ def _solve(loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, 
             num_accepted_steps=sol.stats["num_accepted_steps"],
             num_rejected_steps=sol.stats["num_rejected_steps"],
         ),
+        interpolation=sol.interpolation if dense else None,
     )
 
 
@@ -132,7 +133,7 @@ def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str
 
 def integrate(
     loss, model, *, t1, ts, solver, rtol, atol, max_steps, dt0, rates, stop_when,
-    adjoint, throw, progress, lr=None, make_field=_plain_field,
+    adjoint, throw, progress, lr=None, make_field=_plain_field, dense=False,
 ) -> Trajectory:
     """Validate the shared arguments and solve dθ/dt = make_field(loss, static,
     rates, lr)(θ) with Diffrax (the engine of `gradient_flow` and
@@ -154,7 +155,7 @@ def integrate(
     if not isinstance(solver, diffrax.AbstractSolver):
         raise TypeError(f"`solver` must be a diffrax solver, got {type(solver).__name__}.")
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    config = (solver, max_steps, adjoint, bool(progress), make_field)
+    config = (solver, max_steps, adjoint, bool(progress), make_field, bool(dense))
     traj = _solve(
         loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, config
     )
@@ -179,6 +180,7 @@ def gradient_flow(
     adjoint=None,
     throw: bool = False,
     progress: bool = False,
+    dense: bool = False,
 ) -> Trajectory:
     r"""The exact gradient flow, solved by `diffrax.diffeqsolve` with adaptive steps.
 
@@ -208,6 +210,8 @@ def gradient_flow(
     - `throw`: raise `SolverError` on solver failure (otherwise the status is on
       the result).
     - `progress`: Diffrax's tqdm progress meter.
+    - `dense`: also keep Diffrax's dense interpolation, so `traj.at(t)` and
+      `compare` can evaluate the flow at any time in [0, stop_time].
 
     **Returns:** a `Trajectory` saved at `ts`. On failure (e.g. `max_steps`
     reached) it holds everything up to the failure time `stop_time`; later saves
@@ -216,7 +220,7 @@ def gradient_flow(
     return integrate(
         loss, model, t1=t1, ts=ts, solver=solver, rtol=rtol, atol=atol,
         max_steps=max_steps, dt0=dt0, rates=rates, stop_when=stop_when,
-        adjoint=adjoint, throw=throw, progress=progress,
+        adjoint=adjoint, throw=throw, progress=progress, dense=dense,
     )
 
 

@@ -64,6 +64,7 @@ def modified_flow(
     adjoint=None,
     throw: bool = False,
     progress: bool = False,
+    dense: bool = False,
 ):
     r"""The order-1 or order-2 modified flow of gradient descent with step `lr`,
     solved with Diffrax like `gradient_flow` (same keyword arguments).
@@ -84,5 +85,5 @@ def modified_flow(
         loss, model, t1=t1, ts=ts, solver=solver, rtol=rtol, atol=atol,
         max_steps=max_steps, dt0=dt0, rates=rates, stop_when=stop_when,
         adjoint=adjoint, throw=throw, progress=progress, lr=lr,
-        make_field=_FIELDS[order],
+        make_field=_FIELDS[order], dense=dense,
     )

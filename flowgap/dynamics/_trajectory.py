@@ -28,6 +28,9 @@ class Trajectory(eqx.Module):
       step at which the run stopped, −1 if it ran to the end) and
       `last_finite_loss`.
 
+    - `interpolation`: for `gradient_flow(..., dense=True)`, Diffrax's dense
+      interpolation of the parameters (see `at`); None otherwise.
+
     Saves after the stop time are filled with `inf` (as in Diffrax), so a stopped
     or failed run is never mistaken for a finished one: check `result`.
     Under `jax.vmap` every field gains a leading batch axis.
@@ -43,6 +46,7 @@ class Trajectory(eqx.Module):
     stop_time: Float[Array, "*batch"]
     result: RESULTS
     stats: dict
+    interpolation: object = None
 
     def __getitem__(self, i):
         return jax.tree.map(lambda x: x[i], self.models)
@@ -57,6 +61,33 @@ class Trajectory(eqx.Module):
             self.result == RESULTS.event_occurred
         )
         return ok
+
+    def at(self, t):
+        """The model at time(s) `t`: from the dense interpolation of a flow solved
+        with `dense=True`, else from a save at exactly that time (ValueError if
+        there is none, e.g. a GD time between steps)."""
+        t = jnp.asarray(t)
+        model0 = self[0]
+        _, static = eqx.partition(model0, eqx.is_inexact_array)
+        if self.interpolation is not None:
+            params = jax.vmap(self.interpolation.evaluate)(jnp.atleast_1d(t))
+            if t.ndim == 0:
+                params = jax.tree.map(lambda x: x[0], params)
+            return eqx.combine(params, static)
+        ts = np.asarray(self.ts)
+        wanted = np.atleast_1d(np.asarray(t))
+        index = np.searchsorted(ts, wanted)
+        index = np.clip(index, 0, len(ts) - 1)
+        close = np.isclose(ts[index], wanted, rtol=1e-12, atol=1e-12 * max(abs(ts[-1]), 1))
+        if not np.all(close):
+            missing = wanted[~close][0]
+            raise ValueError(
+                f"this trajectory has no save at t = {missing:g} (saves: {ts[0]:g} … "
+                f"{ts[-1]:g}, {len(ts)} points); save at matching times, or solve the "
+                "flow with `dense=True`."
+            )
+        models = jax.tree.map(lambda x: x[index], self.models)
+        return jax.tree.map(lambda x: x[0], models) if t.ndim == 0 else models
 
     def message(self) -> str:
         """Human-readable status (concrete, unbatched trajectories only)."""
