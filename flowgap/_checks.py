@@ -6,6 +6,7 @@ on numbers that may be traced go through `eqx.error_if`, so they also fire under
 `jit`; (3) run failures become a status on the result (see `flowgap.RESULTS`).
 """
 
+import math
 import numbers
 
 import equinox as eqx
@@ -35,6 +36,11 @@ def as_scalar(name: str, value):
 
 def positive_scalar(name: str, value):
     """A positive, finite real scalar. Checked now if concrete, else via error_if."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Python numbers are checked on the host: no device round trip.
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+        return jnp.asarray(value, dtype=jnp.result_type(float))
     arr = as_scalar(name, value)
     if is_concrete(arr):
         v = float(arr)

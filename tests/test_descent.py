@@ -129,6 +129,14 @@ def test_divergence_is_reported_with_step_and_keeps_history(key):
     assert before.sum() == step // 100 + 1
     assert np.all(np.isfinite(traj.loss[before]))  # the history is kept
     assert np.all(np.isinf(traj.loss[after]))  # and nothing fake after the stop
+    # the unguarded fast path locates the step exactly as the per-step guard does
+    guarded = flowgap.gradient_descent(
+        loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100,
+        stop_when=LossBelow(1e-300),
+    )
+    assert int(guarded.stats["stop_step"]) == step
+    # same arithmetic, fused differently by XLA: equal to round-off
+    assert np.isclose(guarded.stats["last_finite_loss"], traj.stats["last_finite_loss"], rtol=1e-12)
     with pytest.raises(DivergenceError, match=f"step {step}") as err:
         flowgap.gradient_descent(
             loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100, throw=True
@@ -140,7 +148,10 @@ def test_max_loss_threshold(key):
     _, _, loss = quadratic(4, key, lo=1.0, hi=2.0)
     traj = flowgap.gradient_descent(loss, jnp.ones(4), lr=1.5, steps=400, max_loss=1e3)
     assert traj.result == RESULTS.diverged
-    assert float(traj.stats["last_finite_loss"]) <= 1e3 < float(traj.final_loss)
+    assert float(traj.stats["last_finite_loss"]) <= 1e3 < float(traj.stats["stop_loss"])
+    k = int(traj.stats["stop_step"])
+    dense = flowgap.gradient_descent(loss, jnp.ones(4), lr=1.5, steps=k + 1)
+    assert float(dense.loss[k]) > 1e3 >= float(dense.loss[k - 1])  # the exact step
 
 
 @pytest.mark.parametrize("stop", [LossBelow(1e-6), GradNormBelow(1e-4)])

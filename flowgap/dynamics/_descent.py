@@ -12,7 +12,7 @@ from ._common import check_loss, scalar_loss, split_model, stacked_model
 from ._rates import check_rates, precondition
 from ._results import RESULTS, DivergenceError
 from ._saves import saved_steps, schedule
-from ._stopping import check_stop_condition
+from ._stopping import any_nonfinite, check_stop_condition
 from ._trajectory import Trajectory, fill_after_stop
 
 
@@ -23,6 +23,7 @@ class _State(eqx.Module):
     result: RESULTS
     stop_step: Int[Array, ""]
     last_finite_loss: Float[Array, ""]
+    stop_loss: Float[Array, ""]
 
 
 def _make_optimizer(optimizer, lr) -> optax.GradientTransformation:
@@ -80,25 +81,74 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
             result=result,
             stop_step=jnp.where(active & ~move, state.step, state.stop_step),
             last_finite_loss=jnp.where(active & ~bad, value, state.last_finite_loss),
+            stop_loss=jnp.where(active & ~move, value, state.stop_loss),
         )
 
     def one_step(state, _):
         return advance(state, *value_and_grad(state.params)), None
 
+    def plain_step(carry, _):
+        params, opt_state = carry
+        value, grads = value_and_grad(params)
+        updates, opt_state = opt.update(precondition(grads, rates), opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if projection is not None:
+            params = eqx.filter(
+                projection(eqx.combine(params, static)), eqx.is_inexact_array
+            )
+        return (params, opt_state), value
+
+    def fast_chunk(state: _State, stride: int):
+        """`stride` unguarded steps, checked once afterwards. Divergence is located
+        exactly from the per-step losses; the state then stays at the chunk's
+        start (its last save), so no select runs inside the step loop."""
+        (params, opt_state), values = lax.scan(
+            plain_step, (state.params, state.opt_state), None, length=stride
+        )
+        bad = ~jnp.isfinite(values)
+        if max_loss is not None:
+            bad = bad | (values > max_loss)
+        blown = any_nonfinite(params)
+        first = jnp.where(jnp.any(bad), jnp.argmax(bad), stride)
+        active = state.result == RESULTS.successful
+        diverged = active & (jnp.any(bad) | blown)
+        move = active & ~diverged
+        before = values[jnp.maximum(first - 1, 0)]
+        return _State(
+            params=_tree_where(move, params, state.params),
+            opt_state=_tree_where(move, opt_state, state.opt_state),
+            step=state.step + jnp.where(move, stride, 0),
+            result=RESULTS.where(diverged, RESULTS.diverged, state.result),
+            stop_step=jnp.where(diverged, state.step + first, state.stop_step),
+            last_finite_loss=jnp.where(
+                move,
+                values[-1],
+                jnp.where(diverged & (first > 0), before, state.last_finite_loss),
+            ),
+            stop_loss=jnp.where(
+                diverged, values[jnp.minimum(first, stride - 1)], state.stop_loss
+            ),
+        ), values[0]
+
     def segment(state, count, stride):
         report_every = max(1, count // 200)
 
         def chunk(state, index):
-            value, grads = value_and_grad(state.params)
-            saved = (state.params, value)
-            state = advance(state, value, grads)
-            if stride > 1:
-                state = lax.cond(
-                    state.result == RESULTS.successful,
-                    lambda s: lax.scan(one_step, s, None, length=stride - 1)[0],
-                    lambda s: s,
-                    state,
-                )
+            if stop_when is None:
+                start = state.params
+                state, value = fast_chunk(state, stride)
+                saved = (start, value)
+            else:
+                value, grads = value_and_grad(state.params)
+                saved = (state.params, value)
+                state = advance(state, value, grads)
+                if stride > 1:
+                    state = lax.cond(
+                        state.result == RESULTS.successful,
+                        lambda s: lax.scan(one_step, s, None, length=stride - 1)[0],
+                        lambda s: s,
+                        state,
+                    )
             if progress:
                 lax.cond(
                     index % report_every == 0,
@@ -117,6 +167,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
         result=RESULTS.successful,
         stop_step=jnp.array(-1),
         last_finite_loss=jnp.array(jnp.nan, dtype),
+        stop_loss=jnp.array(jnp.nan, dtype),
     )
     saves = []
     for count, stride in segments:
@@ -150,17 +201,15 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
             num_rejected_steps=jnp.array(0),
             stop_step=state.stop_step,
             last_finite_loss=state.last_finite_loss,
+            stop_loss=state.stop_loss,
         ),
     )
 
 
 def _divergence_message(traj: Trajectory, lr) -> str:
     step = int(traj.stats["stop_step"])
-    why = (
-        "became non-finite"
-        if not np.isfinite(float(traj.final_loss))
-        else f"exceeded max_loss ({float(traj.final_loss):.6g})"
-    )
+    bad = float(traj.stats["stop_loss"])
+    why = "became non-finite" if not np.isfinite(bad) else f"exceeded max_loss ({bad:.6g})"
     return (
         f"gradient descent diverged at step {step} (t = {float(traj.stop_time):.6g}, "
         f"lr = {float(lr):.6g}): the loss {why}; last finite loss "
@@ -219,9 +268,15 @@ def gradient_descent(
     - `progress`: show a tqdm bar.
 
     **Returns:** a `Trajectory` with `ts = k·lr` at the saved steps. A run that
-    diverges at step k keeps all saves up to k, has `result = RESULTS.diverged`,
-    `stats["stop_step"] = k`, `stop_time = k·lr` and `stats["last_finite_loss"]`;
-    later saves are `inf`.
+    diverges at step k (L(θ_k) non-finite or above `max_loss`, or θ_{k} not
+    finite) keeps all saves up to k, has `result = RESULTS.diverged`,
+    `stats["stop_step"] = k`, `stop_time = k·lr`, `stats["last_finite_loss"]`
+    (L(θ_{k−1})) and `stats["stop_loss"]` (L(θ_k)); later saves are `inf`.
+    `final` is then the last saved state before k (without `stop_when`, steps
+    between saves run unguarded and are checked once per save interval, which keeps
+    the step loop as lean as a hand-written one) or θ_k itself (with `stop_when`,
+    every step is guarded). With `stop_when`, a run that converges at step k ends
+    at θ_k with `event_occurred`.
     """
     loss = check_loss(loss)
     lr = positive_scalar("lr", lr)
