@@ -104,3 +104,27 @@ def test_same_seed_same_bits(key):
 
     a, b = run(), run()
     assert np.asarray(a.models.u).tobytes() == np.asarray(b.models.u).tobytes()
+
+
+def test_divergence_inside_a_vmapped_sweep_is_per_run(key):
+    """16 learning rates on a quadratic with λ_max = 2: exactly those above
+    2/λ = 1 diverge; the others equal their solo runs."""
+    from flowgap import RESULTS
+
+    from .helpers import quadratic
+
+    _, _, loss = quadratic(4, key, lo=0.5, hi=2.0)
+    lrs = jnp.linspace(0.3, 1.5, 16)
+
+    def run(lr):
+        # |1 − 1.02·2| = 1.04: 20000 steps overflow float64, so every lr > 1 diverges
+        return flowgap.gradient_descent(loss, jnp.ones(4), lr=lr, steps=20000, save_every=1000)
+
+    batched = jax.vmap(run)(lrs)
+    diverged = np.asarray(batched.result._value == RESULTS.diverged._value)
+    assert np.array_equal(diverged, np.asarray(lrs) > 1.0)
+    for i, lr in enumerate(lrs):
+        solo = run(lr)
+        assert int(batched.stats["stop_step"][i]) == int(solo.stats["stop_step"])
+        if not diverged[i]:
+            assert np.allclose(batched.models[i], solo.models, rtol=1e-13, atol=1e-15)

@@ -1,4 +1,5 @@
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +47,14 @@ def _check_optimizer(optimizer):
     )
 
 
+def _any_run(pred):
+    """`pred`, or under `jax.vmap` whether it holds for any run of the batch, so
+    that `lax.cond` on it stays a real branch (a batched predicate would turn the
+    cond into a select that always runs both branches). Diffrax's loops use the
+    same device."""
+    return eqxi.unvmap_any(pred)
+
+
 def _tree_where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
@@ -89,52 +98,54 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
 
     def plain_step(carry, _):
         params, opt_state = carry
-        value, grads = value_and_grad(params)
+        grads = jax.grad(value_fn)(params)
         updates, opt_state = opt.update(precondition(grads, rates), opt_state, params)
         params = optax.apply_updates(params, updates)
         if projection is not None:
             params = eqx.filter(
                 projection(eqx.combine(params, static)), eqx.is_inexact_array
             )
-        return (params, opt_state), value
+        return (params, opt_state), None
 
     def fast_chunk(state: _State, stride: int):
-        """`stride` unguarded steps, checked once afterwards. Divergence is located
-        exactly from the per-step losses; the state then stays at the chunk's
-        start (its last save), so no select runs inside the step loop."""
-        (params, opt_state), values = lax.scan(
+        """`stride` unguarded steps (gradient only, as a hand-written loop), checked
+        once afterwards. If the chunk went bad (non-finite parameters, or a loss
+        above `max_loss` at its end), it is replayed with the per-step guard from
+        its start, which finds the exact step; the replay runs only then (see
+        `_any_run`)."""
+        value = value_fn(state.params)
+        params, opt_state = lax.scan(
             plain_step, (state.params, state.opt_state), None, length=stride
-        )
-        bad = ~jnp.isfinite(values)
+        )[0]
+        end_value = value_fn(params)
+        bad = any_nonfinite(params) | ~jnp.isfinite(end_value)
         if max_loss is not None:
-            bad = bad | (values > max_loss)
-        blown = any_nonfinite(params)
-        first = jnp.where(jnp.any(bad), jnp.argmax(bad), stride)
+            bad = bad | (end_value > max_loss)
         active = state.result == RESULTS.successful
-        diverged = active & (jnp.any(bad) | blown)
-        move = active & ~diverged
-        before = values[jnp.maximum(first - 1, 0)]
-        return _State(
-            params=_tree_where(move, params, state.params),
-            opt_state=_tree_where(move, opt_state, state.opt_state),
-            step=state.step + jnp.where(move, stride, 0),
-            result=RESULTS.where(diverged, RESULTS.diverged, state.result),
-            stop_step=jnp.where(diverged, state.step + first, state.stop_step),
-            last_finite_loss=jnp.where(
-                move,
-                values[-1],
-                jnp.where(diverged & (first > 0), before, state.last_finite_loss),
-            ),
-            stop_loss=jnp.where(
-                diverged, values[jnp.minimum(first, stride - 1)], state.stop_loss
-            ),
-        ), values[0]
+        fast = _State(
+            params=params,
+            opt_state=opt_state,
+            step=state.step + stride,
+            result=state.result,
+            stop_step=state.stop_step,
+            last_finite_loss=end_value,
+            stop_loss=state.stop_loss,
+        )
+
+        def replay(start):
+            return lax.scan(one_step, start, None, length=stride)[0]
+
+        redo = (active & bad) | ~active
+        state = lax.cond(
+            _any_run(active & bad), replay, lambda s: _tree_where(redo, s, fast), state
+        )
+        return state, value
 
     def segment(state, count, stride):
         report_every = max(1, count // 200)
 
         def chunk(state, index):
-            if stop_when is None:
+            if stop_when is None and stride > 1:
                 start = state.params
                 state, value = fast_chunk(state, stride)
                 saved = (start, value)
