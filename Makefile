@@ -33,5 +33,9 @@ test-all: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py $(ARGS)
 
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check flowgap tests benchmarks
+	$(BIN)/ruff format --check flowgap tests benchmarks
+
 clean:
 	rm -rf $(VENV) runs

@@ -3,15 +3,28 @@ on one clock t = k·η."""
 
 import importlib.metadata
 
-from . import analysis as analysis, dynamics as dynamics, invariants as invariants
+from . import analysis as analysis
+from . import dynamics as dynamics
+from . import experiments as experiments
+from . import invariants as invariants
 from . import models as models
-from . import experiments as experiments, problems as problems
+from . import problems as problems
 from .dynamics import (
     RESULTS as RESULTS,
+)
+from .dynamics import (
     DivergenceError as DivergenceError,
+)
+from .dynamics import (
     SolverError as SolverError,
+)
+from .dynamics import (
     Trajectory as Trajectory,
+)
+from .dynamics import (
     gradient_descent as gradient_descent,
+)
+from .dynamics import (
     gradient_flow as gradient_flow,
 )
 

@@ -28,7 +28,9 @@ def as_scalar(name: str, value):
         raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
     arr = jnp.asarray(value)
     if arr.shape != ():
-        raise ValueError(f"`{name}` must be a scalar, got an array of shape {arr.shape}.")
+        raise ValueError(
+            f"`{name}` must be a scalar, got an array of shape {arr.shape}."
+        )
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
     return arr
@@ -39,7 +41,9 @@ def positive_scalar(name: str, value):
     if isinstance(value, int | float) and not isinstance(value, bool):
         # Python numbers are checked on the host: no device round trip.
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+            raise ValueError(
+                f"`{name}` must be a positive finite number, got {value!r}."
+            )
         return jnp.asarray(value, dtype=jnp.result_type(float))
     arr = as_scalar(name, value)
     if is_concrete(arr):

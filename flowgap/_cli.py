@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
             "clock t = k·lr."
         ),
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser
+    )
     commands.add_parser("list", help="list the experiments")
     run = commands.add_parser("run", help="run an experiment (flowgap run NAME --help)")
     names = run.add_subparsers(dest="name", required=True, parser_class=_Parser)
@@ -53,19 +55,30 @@ def _parser() -> argparse.ArgumentParser:
             + "\n\n--quick uses: "
             + ", ".join(f"{k}={v}" for k, v in experiment.quick.items()),
         )
-        sub.add_argument("--quick", action="store_true", help="tiny settings, for tests")
+        sub.add_argument(
+            "--quick", action="store_true", help="tiny settings, for tests"
+        )
         sub.add_argument("--out", help="output folder (default: a new one under runs/)")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         sub.add_argument(
-            "--dtype", choices=("float64", "float32"), default="float64",
+            "--dtype",
+            choices=("float64", "float32"),
+            default="float64",
             help="precision (default float64)",
         )
         sub.add_argument(
-            "--set", dest="overrides", action="append", type=_key_value, default=[],
-            metavar="KEY=VALUE", help="change a setting (repeatable)",
+            "--set",
+            dest="overrides",
+            action="append",
+            type=_key_value,
+            default=[],
+            metavar="KEY=VALUE",
+            help="change a setting (repeatable)",
         )
         sub.add_argument("--force", action="store_true", help="overwrite --out")
-        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        sub.add_argument(
+            "--no-progress", action="store_true", help="hide progress bars"
+        )
     for p in (parser, run, *names.choices.values()):
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
@@ -115,7 +128,9 @@ def main(argv=None) -> int:
         print(f"flowgap: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("flowgap: interrupted; files already written are complete", file=sys.stderr)
+        print(
+            "flowgap: interrupted; files already written are complete", file=sys.stderr
+        )
         return 130
     except Exception as err:  # a run failure: one line, the details under --debug
         if debug:

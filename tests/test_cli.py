@@ -76,10 +76,21 @@ def test_quick_run_writes_a_loadable_folder(tmp_path):
 
 def test_same_seed_same_bytes(tmp_path):
     for name in ("a", "b"):
-        assert main(
-            ["run", "step-vs-flow", "--quick", "--no-progress", "--out",
-             str(tmp_path / name), "--set", "saves=20"]
-        ) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "step-vs-flow",
+                    "--quick",
+                    "--no-progress",
+                    "--out",
+                    str(tmp_path / name),
+                    "--set",
+                    "saves=20",
+                ]
+            )
+            == 0
+        )
     a = np.load(tmp_path / "a" / "arrays.npz")
     b = np.load(tmp_path / "b" / "arrays.npz")
     assert sorted(a.files) == sorted(b.files)
@@ -90,9 +101,7 @@ def test_same_seed_same_bytes(tmp_path):
 def test_invariants_job_quick(tmp_path):
     from flowgap.experiments import run
 
-    result, folder = run(
-        "invariants", quick=True, out=tmp_path / "inv", progress=False
-    )
+    result, folder = run("invariants", quick=True, out=tmp_path / "inv", progress=False)
     by_clock = {(r["model"], r["clock"]): r for r in result.rows}
     for model in ("diagonal", "polar", "deep-linear", "relu-two-layer"):
         gf = by_clock[(model, "GF")]

@@ -44,7 +44,9 @@ def _perturbed(model, key, size=0.3):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    leaves = [x * (1 + size * jax.random.uniform(k, x.shape)) for x, k in zip(leaves, keys)]
+    leaves = [
+        x * (1 + size * jax.random.uniform(k, x.shape)) for x, k in zip(leaves, keys)
+    ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 

@@ -46,7 +46,9 @@ def test_warm_start_and_tracking(setting):
     assert np.isclose(warm, value, rtol=1e-10)  # an eigenvector converges at once
     gd = flowgap.gradient_descent(problem.loss, model, lr=0.1, steps=40, save_every=10)
     tracked = track_sharpness(problem.loss, gd)
-    exact = [jnp.linalg.eigvalsh(_dense_hessian(problem.loss, gd[i]))[-1] for i in range(5)]
+    exact = [
+        jnp.linalg.eigvalsh(_dense_hessian(problem.loss, gd[i]))[-1] for i in range(5)
+    ]
     assert np.allclose(tracked, exact, rtol=1e-8)
 
 
@@ -55,7 +57,9 @@ def test_predictor_hessian_norm(key):
     x = jnp.array([0.3, -1.0, 0.5])
     hess = _dense_hessian(lambda m: m(x)[0], net)
     exact = jnp.max(jnp.abs(jnp.linalg.eigvalsh(hess)))
-    assert np.isclose(predictor_hessian_norm(net, x, iters=hess.shape[0]), exact, rtol=1e-8)
+    assert np.isclose(
+        predictor_hessian_norm(net, x, iters=hess.shape[0]), exact, rtol=1e-8
+    )
     with pytest.raises(ValueError, match="single output"):
         predictor_hessian_norm(MLP(3, 5, 2, key=key), x)
 

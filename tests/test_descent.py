@@ -47,14 +47,18 @@ def test_rates_precondition_both_sides(key):
     a, b, loss = quadratic(4, key)
     p = jnp.array([1.0, 0.5, 2.0, 0.25])
     traj = flowgap.gradient_descent(loss, jnp.zeros(4), lr=0.2, steps=25, rates=p)
-    assert np.allclose(traj.final, _closed_form(a, b, jnp.zeros(4), 0.2, 25, p), atol=1e-13)
+    assert np.allclose(
+        traj.final, _closed_form(a, b, jnp.zeros(4), 0.2, 25, p), atol=1e-13
+    )
 
 
 def test_log_save_steps_schedule(key):
     _, _, loss = quadratic(3, key)
     steps = log_save_steps(1000)
     assert steps[:4] == (0, 1, 2, 3) and steps[-1] == 1000 and 100 in steps
-    traj = flowgap.gradient_descent(loss, jnp.ones(3), lr=0.1, steps=1000, save_steps=steps)
+    traj = flowgap.gradient_descent(
+        loss, jnp.ones(3), lr=0.1, steps=1000, save_steps=steps
+    )
     dense = flowgap.gradient_descent(loss, jnp.ones(3), lr=0.1, steps=1000)
     assert np.allclose(traj.ts, np.asarray(steps) * 0.1, rtol=1e-15)
     # Same arithmetic in the same order: bit-identical states.
@@ -77,7 +81,9 @@ def test_optimizer_factory_gets_traced_lr(key):
 def test_ready_gradient_transformation_is_used_as_is(key):
     _, _, loss = quadratic(3, key)
     ready = optax.adam(1e-2)
-    traj = flowgap.gradient_descent(loss, jnp.ones(3), lr=1e-2, steps=20, optimizer=ready)
+    traj = flowgap.gradient_descent(
+        loss, jnp.ones(3), lr=1e-2, steps=20, optimizer=ready
+    )
     params, state = jnp.ones(3), ready.init(jnp.ones(3))
     for _ in range(20):
         updates, state = ready.update(jax.grad(loss)(params), state, params)
@@ -91,7 +97,11 @@ def test_polar_variants(key):
     rates = polar.rates(3.0)
     sk = flowgap.gradient_descent(problem.loss, polar, lr=0.02, steps=50, rates=rates)
     proj = flowgap.gradient_descent(
-        problem.loss, polar, lr=0.02, steps=50, rates=rates,
+        problem.loss,
+        polar,
+        lr=0.02,
+        steps=50,
+        rates=rates,
         projection=PolarDiagonalNet.normalised,
     )
     sk_norms = jnp.linalg.norm(sk.models.direction, axis=-1)
@@ -118,7 +128,9 @@ def test_salimans_kingma_norm_growth_identity(key):
 
 def test_divergence_is_reported_with_step_and_keeps_history(key):
     _, _, loss = quadratic(4, key, lo=1.0, hi=2.0)  # stable iff lr < 2/2 = 1
-    traj = flowgap.gradient_descent(loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100)
+    traj = flowgap.gradient_descent(
+        loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100
+    )
     assert traj.result == RESULTS.diverged
     step = int(traj.stats["stop_step"])
     assert 0 < step < 4000
@@ -131,12 +143,18 @@ def test_divergence_is_reported_with_step_and_keeps_history(key):
     assert np.all(np.isinf(traj.loss[after]))  # and nothing fake after the stop
     # the unguarded fast path locates the step exactly as the per-step guard does
     guarded = flowgap.gradient_descent(
-        loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100,
+        loss,
+        jnp.ones(4),
+        lr=1.5,
+        steps=4000,
+        save_every=100,
         stop_when=LossBelow(1e-300),
     )
     assert int(guarded.stats["stop_step"]) == step
     # same arithmetic, fused differently by XLA: equal to round-off
-    assert np.isclose(guarded.stats["last_finite_loss"], traj.stats["last_finite_loss"], rtol=1e-12)
+    assert np.isclose(
+        guarded.stats["last_finite_loss"], traj.stats["last_finite_loss"], rtol=1e-12
+    )
     with pytest.raises(DivergenceError, match=f"step {step}") as err:
         flowgap.gradient_descent(
             loss, jnp.ones(4), lr=1.5, steps=4000, save_every=100, throw=True
@@ -162,7 +180,9 @@ def test_stop_when(key, stop):
     def loss(theta):  # ≥ 0 with minimum 0, so LossBelow is a convergence test
         return shifted(theta) - shifted(star)
 
-    traj = flowgap.gradient_descent(loss, jnp.zeros(3), lr=0.5, steps=2000, stop_when=stop)
+    traj = flowgap.gradient_descent(
+        loss, jnp.zeros(3), lr=0.5, steps=2000, stop_when=stop
+    )
     assert traj.result == RESULTS.event_occurred
     k = int(traj.stats["stop_step"])
     assert 0 < k < 2000 and int(traj.stats["num_steps"]) == k
@@ -213,9 +233,7 @@ def _bad_calls(key):
         (lambda: gd(lr=0.1, steps=10, projection=3), "projection"),
         (lambda: flowgap.gradient_descent("loss", net, lr=0.1, steps=10), "loss"),
         (
-            lambda: flowgap.gradient_descent(
-                lambda m: m.u, net, lr=0.1, steps=10
-            ),
+            lambda: flowgap.gradient_descent(lambda m: m.u, net, lr=0.1, steps=10),
             "loss",
         ),
         (

@@ -36,8 +36,13 @@ def test_gf_matches_matrix_exponential(key, precondition):
     p = jnp.array([1.0, 2.0, 0.5, 1.5, 1.0]) if precondition else jnp.ones(5)
     ts = jnp.linspace(0, 4, 9)
     traj = flowgap.gradient_flow(
-        problem.loss, Linear(w0), t1=4.0, ts=ts,
-        rates=Linear(p) if precondition else None, rtol=1e-12, atol=1e-12,
+        problem.loss,
+        Linear(w0),
+        t1=4.0,
+        ts=ts,
+        rates=Linear(p) if precondition else None,
+        rtol=1e-12,
+        atol=1e-12,
     )
     assert traj.result == RESULTS.successful
     for i, t in enumerate(ts):
@@ -82,8 +87,12 @@ def test_stop_when_event_ends_the_flow(key):
     problem = whitened(key, n=20, d=4)
     truth_loss = 0.5 * jnp.sum(problem.truth**2)
     traj = flowgap.gradient_flow(
-        problem.loss, Linear(jnp.zeros(4)), t1=100.0, stop_when=LossBelow(1e-6),
-        rtol=1e-10, atol=1e-12,
+        problem.loss,
+        Linear(jnp.zeros(4)),
+        t1=100.0,
+        stop_when=LossBelow(1e-6),
+        rtol=1e-10,
+        atol=1e-12,
     )
     assert traj.result == RESULTS.event_occurred
     # L(t) = e^{−2t} L(0) exactly, so it crosses 1e-6 at t* = ½ ln(L(0)/1e-6);
@@ -97,10 +106,16 @@ def test_stop_when_event_ends_the_flow(key):
 def test_stiff_solver_option(key):
     problem = _least_squares(key)
     traj = flowgap.gradient_flow(
-        problem.loss, Linear(jnp.zeros(5)), t1=2.0, solver=diffrax.Kvaerno5(),
-        rtol=1e-10, atol=1e-10,
+        problem.loss,
+        Linear(jnp.zeros(5)),
+        t1=2.0,
+        solver=diffrax.Kvaerno5(),
+        rtol=1e-10,
+        atol=1e-10,
     )
-    assert np.allclose(traj.final.w, _exact(problem, jnp.zeros(5), 2.0, jnp.ones(5)), atol=1e-7)
+    assert np.allclose(
+        traj.final.w, _exact(problem, jnp.zeros(5), 2.0, jnp.ones(5)), atol=1e-7
+    )
 
 
 @pytest.mark.parametrize(

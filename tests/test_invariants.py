@@ -28,7 +28,9 @@ def _perturbed(model, key, size=0.3):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    leaves = [x * jnp.exp(size * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
+    leaves = [
+        x * jnp.exp(size * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)
+    ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
@@ -41,7 +43,11 @@ def _case(name, key):
     polar3 = PolarDiagonalNet(12, depth=3, scale=0.6)
     cases = {
         "diagonal-2": (sparse, _perturbed(DiagonalNet(12, scale=0.5), k2), None),
-        "diagonal-3": (sparse, _perturbed(DiagonalNet(12, depth=3, scale=0.7), k2), None),
+        "diagonal-3": (
+            sparse,
+            _perturbed(DiagonalNet(12, depth=3, scale=0.7), k2),
+            None,
+        ),
         "polar-2": (sparse, polar2, polar2.rates(2.0)),
         "polar-3": (sparse, polar3, polar3.rates(0.5)),
         "weight-norm": (
@@ -49,18 +55,42 @@ def _case(name, key):
             WeightNorm(eqx.nn.Linear(3, 2, key=k2)),
             None,
         ),
-        "mlp-weight-norm": (student, MLP(3, 5, 2, depth=2, weight_norm=True, key=k2), None),
-        "deep-linear": (low_rank(k1, d_in=4, d_out=3, rank=2), DeepLinear((4, 5, 3), scale=0.5, key=k2), None),
-        "two-layer-linear": (student, TwoLayer(3, 4, 2, activation="linear", scale=0.6, key=k2), None),
-        "two-layer-relu": (student, TwoLayer(3, 4, 2, activation="relu", scale=0.6, key=k2), None),
+        "mlp-weight-norm": (
+            student,
+            MLP(3, 5, 2, depth=2, weight_norm=True, key=k2),
+            None,
+        ),
+        "deep-linear": (
+            low_rank(k1, d_in=4, d_out=3, rank=2),
+            DeepLinear((4, 5, 3), scale=0.5, key=k2),
+            None,
+        ),
+        "two-layer-linear": (
+            student,
+            TwoLayer(3, 4, 2, activation="linear", scale=0.6, key=k2),
+            None,
+        ),
+        "two-layer-relu": (
+            student,
+            TwoLayer(3, 4, 2, activation="relu", scale=0.6, key=k2),
+            None,
+        ),
         "mlp-relu": (student, MLP(3, 5, 2, depth=2, activation="relu", key=k2), None),
     }
     return cases[name]
 
 
 CASES = [
-    "diagonal-2", "diagonal-3", "polar-2", "polar-3", "weight-norm",
-    "mlp-weight-norm", "deep-linear", "two-layer-linear", "two-layer-relu", "mlp-relu",
+    "diagonal-2",
+    "diagonal-3",
+    "polar-2",
+    "polar-3",
+    "weight-norm",
+    "mlp-weight-norm",
+    "deep-linear",
+    "two-layer-linear",
+    "two-layer-relu",
+    "mlp-relu",
 ]
 
 
@@ -96,20 +126,30 @@ def test_wrong_candidates_fail(key):
     # the polar mirror law at the wrong rate ratio is not conserved
     problem, polar, rates = _case("polar-2", key)
     wrong = inv.known(polar, problem, ratio=1.0)["polar_mirror"]
-    assert not inv.check_conserved(wrong, problem.loss, polar, key=key, rates=rates).passed
+    assert not inv.check_conserved(
+        wrong, problem.loss, polar, key=key, rates=rates
+    ).passed
 
 
 @pytest.mark.parametrize(
     "call",
     [
         lambda k: inv.diagonal_balance(PolarDiagonalNet(3, scale=1.0)),
-        lambda k: inv.balancedness(TwoLayer(2, 2, 1, activation="relu", scale=1.0, key=k)),
-        lambda k: inv.unit_rescaling(TwoLayer(2, 2, 1, activation="tanh", scale=1.0, key=k)),
+        lambda k: inv.balancedness(
+            TwoLayer(2, 2, 1, activation="relu", scale=1.0, key=k)
+        ),
+        lambda k: inv.unit_rescaling(
+            TwoLayer(2, 2, 1, activation="tanh", scale=1.0, key=k)
+        ),
         lambda k: inv.weight_norm_directions(DiagonalNet(3, scale=1.0)),
-        lambda k: inv.polar_mirror(PolarDiagonalNet(3, scale=1.0, split=True), jnp.ones((2, 3))),
+        lambda k: inv.polar_mirror(
+            PolarDiagonalNet(3, scale=1.0, split=True), jnp.ones((2, 3))
+        ),
         lambda k: inv.known({"not": "a model"}),
         lambda k: inv.LinearSymmetry(jnp.eye(5), DiagonalNet(3, scale=1.0)),
-        lambda k: inv.LinearSymmetry(jnp.triu(jnp.ones((6, 6))), DiagonalNet(3, scale=1.0)),
+        lambda k: inv.LinearSymmetry(
+            jnp.triu(jnp.ones((6, 6))), DiagonalNet(3, scale=1.0)
+        ),
         lambda k: inv.count_conservation_laws(
             TwoLayer(2, 2, 1, activation="tanh", scale=1.0, key=k), key=k
         ),
@@ -143,7 +183,9 @@ def test_symmetries_give_their_laws(key):
     shift = inv.TranslationSymmetry(lambda t: t)
     theta0 = jnp.array([0.3, 0.1, -0.2, 0.7])
     assert shift.verify(shift_free, theta0, key=key) < 1e-12
-    flow = flowgap.gradient_flow(shift_free, theta0, t1=2.0, ts=jnp.linspace(0, 2, 5), **TIGHT)
+    flow = flowgap.gradient_flow(
+        shift_free, theta0, t1=2.0, ts=jnp.linspace(0, 2, 5), **TIGHT
+    )
     assert inv.relative_drift(shift.invariant, flow) < 1e-8
 
     net = DiagonalNet(3, scale=0.5)  # flat order (u, v): scale u alone is no symmetry
@@ -243,23 +285,35 @@ def test_exact_identities_with_weight_decay(key, decay):
     def with_decay(rate):
         return optax.chain(optax.add_decayed_weights(decay), optax.sgd(rate))
 
-    traj = flowgap.gradient_descent(problem.loss, relu, lr=lr, steps=40, optimizer=with_decay)
+    traj = flowgap.gradient_descent(
+        problem.loss, relu, lr=lr, steps=40, optimizer=with_decay
+    )
     rescale = inv.RescaleSymmetry(lambda m: m.w1, lambda m: m.w2)
-    out = inv.symmetry_step_identity(rescale, problem.loss, traj, lr=lr, weight_decay=decay)
+    out = inv.symmetry_step_identity(
+        rescale, problem.loss, traj, lr=lr, weight_decay=decay
+    )
     assert out["max_relative_error"] < 1e-12
     if decay:  # without the (1 − ηλ)² factor the identity would fail
         wrong = inv.symmetry_step_identity(rescale, problem.loss, traj, lr=lr)
         assert wrong["max_relative_error"] > 1e-4
     wn = WeightNorm(eqx.nn.Linear(3, 1, key=key))
-    traj = flowgap.gradient_descent(problem.loss, wn, lr=lr, steps=40, optimizer=with_decay)
+    traj = flowgap.gradient_descent(
+        problem.loss, wn, lr=lr, steps=40, optimizer=with_decay
+    )
     scale = inv.ScaleSymmetry(lambda m: m.layer.weight)
-    out = inv.symmetry_step_identity(scale, problem.loss, traj, lr=lr, weight_decay=decay)
+    out = inv.symmetry_step_identity(
+        scale, problem.loss, traj, lr=lr, weight_decay=decay
+    )
     assert out["max_relative_error"] < 1e-12
 
 
 def test_salimans_kingma_polar_norm_growth(key):
     problem, polar, rates = _case("polar-2", key)
     traj = flowgap.gradient_descent(problem.loss, polar, lr=0.01, steps=30, rates=rates)
-    report = inv.gd_drift(inv.polar_direction_norm, problem.loss, traj, lr=0.01, rates=rates)
+    report = inv.gd_drift(
+        inv.polar_direction_norm, problem.loss, traj, lr=0.01, rates=rates
+    )
     scale = np.max(np.abs(report.measured))
-    assert scale > 0 and np.max(np.abs(report.measured - report.leading)) <= 1e-9 * scale
+    assert (
+        scale > 0 and np.max(np.abs(report.measured - report.leading)) <= 1e-9 * scale
+    )

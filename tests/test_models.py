@@ -100,7 +100,10 @@ def test_same_key_same_bits(key):
         (lambda k: DiagonalNet(3, scale=-1.0), "scale"),
         (lambda k: DiagonalNet(3, scale=0.0), "scale"),
         (lambda k: PolarDiagonalNet(3, scale=float("nan")), "scale"),
-        (lambda k: TwoLayer(3, 4, 1, activation="swish2", scale=1.0, key=k), "activation"),
+        (
+            lambda k: TwoLayer(3, 4, 1, activation="swish2", scale=1.0, key=k),
+            "activation",
+        ),
         (lambda k: MLP(3, 4, 1, activation="nope", key=k), "activation"),
         (lambda k: DeepLinear((3,), scale=1.0, key=k), "dims"),
         (lambda k: WeightNorm(eqx.nn.Linear(2, 2, key=k), gain=jnp.ones(3)), "gain"),

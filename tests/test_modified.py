@@ -25,7 +25,9 @@ def test_modified_flow_closed_form_on_quadratic(key, order):
     star = jnp.linalg.solve(a, b)
     m = jnp.eye(5) + lr / 2 * a + (lr**2 / 3 * a @ a if order == 2 else 0)
     theta0 = jnp.ones(5)
-    traj = modified_flow(loss, theta0, lr=lr, order=order, t1=t1, rtol=1e-12, atol=1e-12)
+    traj = modified_flow(
+        loss, theta0, lr=lr, order=order, t1=t1, rtol=1e-12, atol=1e-12
+    )
     exact = star + expm(-t1 * m @ a) @ (theta0 - star)
     assert np.allclose(traj.final, exact, atol=1e-8)
 
@@ -82,8 +84,13 @@ def test_compare_on_the_shared_clock(key):
     assert np.array_equal(ts, gd.ts) and np.all(values == 0)
     # a flow saved elsewhere, evaluated at GD's times by dense interpolation
     flow = flowgap.gradient_flow(
-        loss, jnp.ones(4), t1=5.0, ts=jnp.array([0.0, 1.3, 5.0]), dense=True,
-        rtol=1e-12, atol=1e-12,
+        loss,
+        jnp.ones(4),
+        t1=5.0,
+        ts=jnp.array([0.0, 1.3, 5.0]),
+        dense=True,
+        rtol=1e-12,
+        atol=1e-12,
     )
     ts, values = compare(gd, flow)
     star = jnp.linalg.solve(a, b)

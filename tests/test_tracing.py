@@ -49,7 +49,9 @@ def test_vmap_over_learning_rates_equals_solo_runs(key):
     lrs = jnp.linspace(0.01, 0.08, 8)
 
     def run(lr):
-        return flowgap.gradient_descent(problem.loss, net, lr=lr, steps=50, save_every=10)
+        return flowgap.gradient_descent(
+            problem.loss, net, lr=lr, steps=50, save_every=10
+        )
 
     batched = jax.vmap(run)(lrs)
     assert batched.ts.shape == (8, 6) and batched.models.u.shape == (8, 6, 16)
@@ -118,7 +120,9 @@ def test_divergence_inside_a_vmapped_sweep_is_per_run(key):
 
     def run(lr):
         # |1 − 1.02·2| = 1.04: 20000 steps overflow float64, so every lr > 1 diverges
-        return flowgap.gradient_descent(loss, jnp.ones(4), lr=lr, steps=20000, save_every=1000)
+        return flowgap.gradient_descent(
+            loss, jnp.ones(4), lr=lr, steps=20000, save_every=1000
+        )
 
     batched = jax.vmap(run)(lrs)
     diverged = np.asarray(batched.result._value == RESULTS.diverged._value)

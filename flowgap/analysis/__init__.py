@@ -1,18 +1,30 @@
 """Analysis: implicit-bias limits, gap exponents, curvature, fits."""
 
+from ._curvature import (
+    lanczos as lanczos,
+)
+from ._curvature import (
+    predictor_hessian_norm as predictor_hessian_norm,
+)
+from ._curvature import (
+    sharpness as sharpness,
+)
+from ._curvature import (
+    track_sharpness as track_sharpness,
+)
 from ._fit import loglog_slope as loglog_slope
 from ._gap import (
     GapTable as GapTable,
+)
+from ._gap import (
     gap_exponent as gap_exponent,
+)
+from ._gap import (
     parameter_distance as parameter_distance,
 )
 from ._implicit_bias import (
     woodworth_limit as woodworth_limit,
-    woodworth_potential as woodworth_potential,
 )
-from ._curvature import (
-    lanczos as lanczos,
-    predictor_hessian_norm as predictor_hessian_norm,
-    sharpness as sharpness,
-    track_sharpness as track_sharpness,
+from ._implicit_bias import (
+    woodworth_potential as woodworth_potential,
 )

@@ -16,7 +16,9 @@ def _flat_problem(fn, model):
     def value(t):
         out = fn(eqx.combine(unravel(t), static))
         if jnp.shape(out) != ():
-            raise ValueError(f"the function must return a scalar, got shape {jnp.shape(out)}.")
+            raise ValueError(
+                f"the function must return a scalar, got shape {jnp.shape(out)}."
+            )
         return out
 
     grad = jax.grad(value)
@@ -73,7 +75,9 @@ def _start(theta, init, key):
     return jax.random.normal(key, theta.shape, theta.dtype)
 
 
-def hessian_extremes(fn, model, *, k=1, iters=None, method="lanczos", init=None, key=None):
+def hessian_extremes(
+    fn, model, *, k=1, iters=None, method="lanczos", init=None, key=None
+):
     """Top-k eigenpairs of ∇²(fn∘model) (see `sharpness`); returns (values
     descending, vectors (D, k))."""
     one_of("method", method, ("lanczos", "power"))
@@ -84,7 +88,9 @@ def hessian_extremes(fn, model, *, k=1, iters=None, method="lanczos", init=None,
     if method == "lanczos":
         if k > min(iters, dim):
             raise ValueError(f"`k` must be at most iters = {min(iters, dim)}, got {k}.")
-        values, vectors = lanczos(lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim))
+        values, vectors = lanczos(
+            lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim)
+        )
         return values[::-1][:k], vectors[:, ::-1][:, :k]
     if k != 1:
         raise ValueError("`k` > 1 needs method='lanczos'.")
@@ -98,8 +104,17 @@ def hessian_extremes(fn, model, *, k=1, iters=None, method="lanczos", init=None,
     return (v @ hvp(theta, v))[None], v[:, None]
 
 
-def sharpness(loss, model, *, k: int = 1, iters=None, method="lanczos", init=None,
-              key=None, return_vectors: bool = False):
+def sharpness(
+    loss,
+    model,
+    *,
+    k: int = 1,
+    iters=None,
+    method="lanczos",
+    init=None,
+    key=None,
+    return_vectors: bool = False,
+):
     r"""Sharpness λ_max(∇²L(θ)), from Hessian-vector products only.
 
     `method="lanczos"` (default): Lanczos with full reorthogonalisation,
@@ -113,8 +128,9 @@ def sharpness(loss, model, *, k: int = 1, iters=None, method="lanczos", init=Non
     **Returns:** λ_max as a scalar array, or the top `k` eigenvalues (descending)
     when k > 1; with `return_vectors=True`, also the eigenvectors as columns.
     """
-    values, vectors = hessian_extremes(loss, model, k=k, iters=iters, method=method,
-                                       init=init, key=key)
+    values, vectors = hessian_extremes(
+        loss, model, k=k, iters=iters, method=method, init=init, key=key
+    )
     values = values[0] if k == 1 else values
     return (values, vectors) if return_vectors else values
 
@@ -138,7 +154,9 @@ def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None):
     theta, hvp = _flat_problem(f, model)
     dim = theta.shape[0]
     iters = min(dim, 64) if iters is None else positive_int("iters", iters)
-    values, _ = lanczos(lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim))
+    values, _ = lanczos(
+        lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim)
+    )
     return jnp.max(jnp.abs(values))
 
 
@@ -156,9 +174,11 @@ def track_sharpness(loss, trajectory, *, iters=None, key=None):
     def body(v, model):
         values, vectors = hessian_extremes(loss, model, k=1, iters=iters, init=v)
         finite = jnp.isfinite(values[0])
-        return jnp.where(finite, vectors[:, 0], v), jnp.where(finite, values[0], jnp.nan)
+        return jnp.where(finite, vectors[:, 0], v), jnp.where(
+            finite, values[0], jnp.nan
+        )
 
-    _, values = jax.jit(lambda v, models: lax.scan(body, v, models))(v0, trajectory.models)
+    _, values = jax.jit(lambda v, models: lax.scan(body, v, models))(
+        v0, trajectory.models
+    )
     return values
-
-

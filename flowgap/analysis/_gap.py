@@ -77,11 +77,19 @@ def gap_exponent(
     if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
         raise ValueError(f"every entry of `lrs` must divide t1 = {t1:g}.")
     solver = diffrax.Dopri8() if solver is None else solver
-    common = dict(t1=t1, rates=rates, solver=solver, rtol=rtol, atol=atol,
-                  max_steps=max_steps, throw=True)
+    common = dict(
+        t1=t1,
+        rates=rates,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        throw=True,
+    )
     gd = [
-        dynamics.gradient_descent(loss, model, lr=lr, steps=int(k), save_every=int(k),
-                                  rates=rates, throw=True).final
+        dynamics.gradient_descent(
+            loss, model, lr=lr, steps=int(k), save_every=int(k), rates=rates, throw=True
+        ).final
         for lr, k in zip(lrs, np.round(steps))
     ]
     gaps = {}

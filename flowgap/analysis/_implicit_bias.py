@@ -1,4 +1,3 @@
-
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float
@@ -68,5 +67,3 @@ def woodworth_limit(
         max_steps=max_steps,
     ).value
     return beta(nu)
-
-

@@ -7,13 +7,21 @@ from ._modified import modified_flow as modified_flow
 from ._rates import uniform_rates as uniform_rates
 from ._results import (
     RESULTS as RESULTS,
+)
+from ._results import (
     DivergenceError as DivergenceError,
+)
+from ._results import (
     SolverError as SolverError,
 )
 from ._saves import log_save_steps as log_save_steps
 from ._stopping import (
     AbstractStopCondition as AbstractStopCondition,
+)
+from ._stopping import (
     GradNormBelow as GradNormBelow,
+)
+from ._stopping import (
     LossBelow as LossBelow,
 )
 from ._trajectory import Trajectory as Trajectory

@@ -33,7 +33,9 @@ def scalar_loss(loss, static):
     def value(params):
         out = loss(eqx.combine(params, static))
         if jnp.shape(out) != ():
-            raise ValueError(f"`loss` must return a scalar, got shape {jnp.shape(out)}.")
+            raise ValueError(
+                f"`loss` must return a scalar, got shape {jnp.shape(out)}."
+            )
         return out
 
     return value

@@ -82,7 +82,9 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
             )
         move = active & ~bad & ~converged
         result = RESULTS.where(active & bad, RESULTS.diverged, state.result)
-        result = RESULTS.where(active & ~bad & converged, RESULTS.event_occurred, result)
+        result = RESULTS.where(
+            active & ~bad & converged, RESULTS.event_occurred, result
+        )
         return _State(
             params=_tree_where(move, new_params, state.params),
             opt_state=_tree_where(move, opt_state, state.opt_state),
@@ -220,7 +222,11 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
 def _divergence_message(traj: Trajectory, lr) -> str:
     step = int(traj.stats["stop_step"])
     bad = float(traj.stats["stop_loss"])
-    why = "became non-finite" if not np.isfinite(bad) else f"exceeded max_loss ({bad:.6g})"
+    why = (
+        "became non-finite"
+        if not np.isfinite(bad)
+        else f"exceeded max_loss ({bad:.6g})"
+    )
     return (
         f"gradient descent diverged at step {step} (t = {float(traj.stop_time):.6g}, "
         f"lr = {float(lr):.6g}): the loss {why}; last finite loss "

@@ -39,7 +39,18 @@ def _event(stop_when):
 
 @eqx.filter_jit
 def _solve(
-    loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr, controller,
+    loss,
+    params,
+    static,
+    t1,
+    ts,
+    rates,
+    stop_when,
+    rtol,
+    atol,
+    dt0,
+    lr,
+    controller,
     config,
 ):
     solver, max_steps, adjoint, progress, make_field, dense = config
@@ -78,11 +89,14 @@ def _solve(
     stop_time = sol.ts[1][-1]
     value_fn = scalar_loss(loss, static)
     final_loss = value_fn(final)
+
     # Saves past the stop are inf already (Diffrax). L is evaluated one save at a
     # time (lax.map), on a finite stand-in where the state is not finite, so no
     # extra copy of the saved trajectory is made and no NaN enters the graph.
     def save_loss(y):
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y)]))
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y)])
+        )
         stand_in = jax.tree.map(lambda a, b: jnp.where(finite, a, b), y, params)
         return jnp.where(finite, value_fn(stand_in), jnp.inf)
 
@@ -109,20 +123,28 @@ def _check_ts(ts, t1):
         return jnp.stack([jnp.zeros_like(t1), t1])
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 1:
-        raise ValueError(f"`ts` must be a non-empty 1-D array of times, got shape {ts.shape}.")
+        raise ValueError(
+            f"`ts` must be a non-empty 1-D array of times, got shape {ts.shape}."
+        )
     if not jnp.issubdtype(ts.dtype, jnp.floating):
         ts = ts.astype(t1.dtype)
     if is_concrete(ts) and is_concrete(t1):
         arr = np.asarray(ts)
         if arr[0] != 0:
-            raise ValueError(f"`ts` must start at 0 (the initial save), got ts[0] = {arr[0]}.")
+            raise ValueError(
+                f"`ts` must start at 0 (the initial save), got ts[0] = {arr[0]}."
+            )
         if np.any(np.diff(arr) < 0):
             raise ValueError("`ts` must be non-decreasing.")
         if arr[-1] > float(t1):
-            raise ValueError(f"`ts` must lie in [0, t1 = {float(t1)}], got ts[-1] = {arr[-1]}.")
+            raise ValueError(
+                f"`ts` must lie in [0, t1 = {float(t1)}], got ts[-1] = {arr[-1]}."
+            )
         return ts
     bad = (ts[0] != 0) | jnp.any(jnp.diff(ts) < 0) | (ts[-1] > t1)
-    return eqx.error_if(ts, bad, "`ts` must be non-decreasing, start at 0 and end ≤ t1.")
+    return eqx.error_if(
+        ts, bad, "`ts` must be non-decreasing, start at 0 and end ≤ t1."
+    )
 
 
 def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str:
@@ -145,9 +167,26 @@ def _coefficient(name, value):
 
 
 def integrate(
-    loss, model, *, t1, ts, solver, rtol, atol, max_steps, dt0, rates, stop_when,
-    adjoint, throw, progress, lr=None, make_field=_plain_field, dense=False,
-    pcoeff=0.3, icoeff=0.3,
+    loss,
+    model,
+    *,
+    t1,
+    ts,
+    solver,
+    rtol,
+    atol,
+    max_steps,
+    dt0,
+    rates,
+    stop_when,
+    adjoint,
+    throw,
+    progress,
+    lr=None,
+    make_field=_plain_field,
+    dense=False,
+    pcoeff=0.3,
+    icoeff=0.3,
 ) -> Trajectory:
     """Validate the shared arguments and solve dθ/dt = make_field(loss, static,
     rates, lr)(θ) with Diffrax (the engine of `gradient_flow` and
@@ -167,13 +206,26 @@ def integrate(
     stop_when = check_stop_condition(stop_when)
     solver = diffrax.Tsit5() if solver is None else solver
     if not isinstance(solver, diffrax.AbstractSolver):
-        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver).__name__}.")
+        raise TypeError(
+            f"`solver` must be a diffrax solver, got {type(solver).__name__}."
+        )
     adjoint = _DEFAULT_ADJOINT if adjoint is None else adjoint
     controller = (_coefficient("pcoeff", pcoeff), _coefficient("icoeff", icoeff))
     config = (solver, max_steps, adjoint, bool(progress), make_field, bool(dense))
     traj = _solve(
-        loss, params, static, t1, ts, rates, stop_when, rtol, atol, dt0, lr,
-        controller, config,
+        loss,
+        params,
+        static,
+        t1,
+        ts,
+        rates,
+        stop_when,
+        rtol,
+        atol,
+        dt0,
+        lr,
+        controller,
+        config,
     )
     if throw:
         traj = _throw_if_failed(traj, t1, rtol, atol, max_steps, solver)
@@ -241,10 +293,23 @@ def gradient_flow(
     are inf and `result` carries Diffrax's code.
     """
     return integrate(
-        loss, model, t1=t1, ts=ts, solver=solver, rtol=rtol, atol=atol,
-        max_steps=max_steps, dt0=dt0, rates=rates, stop_when=stop_when,
-        adjoint=adjoint, throw=throw, progress=progress, dense=dense,
-        pcoeff=pcoeff, icoeff=icoeff,
+        loss,
+        model,
+        t1=t1,
+        ts=ts,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        dt0=dt0,
+        rates=rates,
+        stop_when=stop_when,
+        adjoint=adjoint,
+        throw=throw,
+        progress=progress,
+        dense=dense,
+        pcoeff=pcoeff,
+        icoeff=icoeff,
     )
 
 
@@ -252,7 +317,9 @@ def _throw_if_failed(traj, t1, rtol, atol, max_steps, solver):
     failed = ~traj.successful
     if is_concrete(traj.loss) and jnp.ndim(traj.stop_time) == 0:
         if bool(failed):
-            raise SolverError(_failure_message(traj, t1, rtol, atol, max_steps, solver), traj)
+            raise SolverError(
+                _failure_message(traj, t1, rtol, atol, max_steps, solver), traj
+            )
         return traj
     checked = eqx.error_if(
         traj.loss,

@@ -82,8 +82,21 @@ def modified_flow(
         raise ValueError(f"`order` must be 1 or 2, got {order!r}.")
     lr = positive_scalar("lr", lr)
     return integrate(
-        loss, model, t1=t1, ts=ts, solver=solver, rtol=rtol, atol=atol,
-        max_steps=max_steps, dt0=dt0, rates=rates, stop_when=stop_when,
-        adjoint=adjoint, throw=throw, progress=progress, lr=lr,
-        make_field=_FIELDS[order], dense=dense,
+        loss,
+        model,
+        t1=t1,
+        ts=ts,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        dt0=dt0,
+        rates=rates,
+        stop_when=stop_when,
+        adjoint=adjoint,
+        throw=throw,
+        progress=progress,
+        lr=lr,
+        make_field=_FIELDS[order],
+        dense=dense,
     )

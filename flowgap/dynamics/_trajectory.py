@@ -78,7 +78,9 @@ class Trajectory(eqx.Module):
         wanted = np.atleast_1d(np.asarray(t))
         index = np.searchsorted(ts, wanted)
         index = np.clip(index, 0, len(ts) - 1)
-        close = np.isclose(ts[index], wanted, rtol=1e-12, atol=1e-12 * max(abs(ts[-1]), 1))
+        close = np.isclose(
+            ts[index], wanted, rtol=1e-12, atol=1e-12 * max(abs(ts[-1]), 1)
+        )
         if not np.all(close):
             missing = wanted[~close][0]
             raise ValueError(

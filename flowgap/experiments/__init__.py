@@ -1,10 +1,15 @@
 """Reproducible experiments: `flowgap run NAME`, or `run(NAME, ...)` from Python."""
 
+from ._invariants import InvariantsResult as InvariantsResult
 from ._registry import (
     EXPERIMENTS as EXPERIMENTS,
+)
+from ._registry import (
     Experiment as Experiment,
+)
+from ._registry import (
     run as run,
 )
-from ._settings import Setting as Setting, SettingError as SettingError
+from ._settings import Setting as Setting
+from ._settings import SettingError as SettingError
 from ._step_vs_flow import StepVsFlowResult as StepVsFlowResult
-from ._invariants import InvariantsResult as InvariantsResult

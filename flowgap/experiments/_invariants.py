@@ -51,11 +51,22 @@ def _cases(s, key):
     k1, k2, k3 = jax.random.split(key, 3)
     sparse = problems.sparse_recovery(k1, n=10, d=30, sparsity=3)
     polar = models.PolarDiagonalNet(30, scale=s["scale"])
-    student = problems.teacher_student(k2, n=20, d=4, teacher_width=2, activation="relu")
+    student = problems.teacher_student(
+        k2, n=20, d=4, teacher_width=2, activation="relu"
+    )
     return {
-        "diagonal": (sparse, models.DiagonalNet(30, scale=s["scale"]), None,
-                     invariants.diagonal_balance),
-        "polar": (sparse, polar, polar.rates(s["ratio"]), invariants.polar_direction_norm),
+        "diagonal": (
+            sparse,
+            models.DiagonalNet(30, scale=s["scale"]),
+            None,
+            invariants.diagonal_balance,
+        ),
+        "polar": (
+            sparse,
+            polar,
+            polar.rates(s["ratio"]),
+            invariants.polar_direction_norm,
+        ),
         "deep-linear": (
             problems.low_rank(k2, d_in=5, d_out=4, rank=2),
             models.DeepLinear((5, 6, 4), scale=s["scale"], key=k3),
@@ -93,7 +104,9 @@ class InvariantsResult:
         lines = [head, "-" * len(head)]
         for r in self.rows:
             pred = "" if r["predicted"] is None else f"{r['predicted']:.3e}"
-            ratio = "" if r["predicted"] is None else f"{r['drift'] / r['predicted']:.4f}"
+            ratio = (
+                "" if r["predicted"] is None else f"{r['drift'] / r['predicted']:.4f}"
+            )
             lines.append(
                 f"{r['model']:<15} {r['law']:<13} {r['clock']:<11} {r['drift']:>10.3e} "
                 f"{pred:>10} {ratio:>7}"
@@ -101,7 +114,8 @@ class InvariantsResult:
         lines.append("")
         for model, fit in self.fits.items():
             lines.append(
-                f"drift exponent in lr ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
+                f"drift exponent in lr ({model}): "
+                f"{fit['slope']:.3f} ± {fit['stderr']:.3f}"
                 "  (expected 1 as η → 0)"
             )
         return "\n".join(lines)
@@ -119,15 +133,27 @@ class InvariantsResult:
             for lr, colour in zip(lrs, colours):
                 key = f"{model}/gd/{lr:g}"
                 ts = self.curves[f"{key}/ts"][1:]
-                ax.semilogy(ts, self.curves[f"{key}/drift"][1:], color=colour,
-                            label=f"GD η={lr:g}")
-                ax.semilogy(ts, self.curves[f"{key}/predicted"][1:], "--", color="0.3",
-                            lw=0.8)
+                ax.semilogy(
+                    ts,
+                    self.curves[f"{key}/drift"][1:],
+                    color=colour,
+                    label=f"GD η={lr:g}",
+                )
+                ax.semilogy(
+                    ts, self.curves[f"{key}/predicted"][1:], "--", color="0.3", lw=0.8
+                )
             gf_ts = self.curves[f"{model}/gf/ts"][1:]
-            ax.semilogy(gf_ts, np.maximum(self.curves[f"{model}/gf/drift"][1:], 1e-18),
-                        "k:", label="GF (Diffrax)")
-            ax.set(xlabel="time t = kη", ylabel=f"‖Δ {LAWS[model]}‖∞",
-                   title=f"{model} (dashed: Σ η²/2 gᵀ∇²Q g)")
+            ax.semilogy(
+                gf_ts,
+                np.maximum(self.curves[f"{model}/gf/drift"][1:], 1e-18),
+                "k:",
+                label="GF (Diffrax)",
+            )
+            ax.set(
+                xlabel="time t = kη",
+                ylabel=f"‖Δ {LAWS[model]}‖∞",
+                title=f"{model} (dashed: Σ η²/2 gᵀ∇²Q g)",
+            )
             ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
@@ -139,12 +165,19 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> InvariantsResult
     for lr in s["lrs"]:
         steps = s["t1"] / lr
         if abs(steps - round(steps)) > 1e-9 * steps or round(steps) < 1:
-            raise SettingError(f"setting `lrs`: t1 = {s['t1']:g} is not a whole number of steps of lr = {lr:g}")
+            raise SettingError(
+                f"setting `lrs`: t1 = {s['t1']:g} is not a whole number of steps "
+                f"of lr = {lr:g}"
+            )
         steps_for[lr] = int(round(steps))
     rows, fits, curves = [], {}, {}
     cases = _cases(s, jax.random.key(seed))
-    bar = tqdm(total=len(cases) * (len(s["lrs"]) + 1), desc=NAME, disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(cases) * (len(s["lrs"]) + 1),
+        desc=NAME,
+        disable=not progress,
+        leave=False,
+    )
     for model_name, (problem, model, rates, law) in cases.items():
         q0 = np.asarray(law(model)).ravel()
         scale = max(float(np.max(np.abs(q0))), 1e-300)
@@ -159,21 +192,41 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> InvariantsResult
             curves[f"{key}/ts"], curves[f"{key}/drift"] = report.ts, drift
             curves[f"{key}/predicted"] = predicted
             drifts.append(drift[-1])
-            rows.append(dict(model=model_name, law=LAWS[model_name], clock=f"GD lr={lr:g}",
-                             drift=float(drift[-1]), predicted=float(predicted[-1]),
-                             relative=float(drift[-1] / scale)))
+            rows.append(
+                dict(
+                    model=model_name,
+                    law=LAWS[model_name],
+                    clock=f"GD lr={lr:g}",
+                    drift=float(drift[-1]),
+                    predicted=float(predicted[-1]),
+                    relative=float(drift[-1] / scale),
+                )
+            )
             bar.update()
         ts = jnp.linspace(0.0, s["t1"], 41)
         flow = dynamics.gradient_flow(
-            problem.loss, model, t1=s["t1"], ts=ts, rates=rates,
-            solver=diffrax.Tsit5(), rtol=s["rtol"], atol=s["atol"],
+            problem.loss,
+            model,
+            t1=s["t1"],
+            ts=ts,
+            rates=rates,
+            solver=diffrax.Tsit5(),
+            rtol=s["rtol"],
+            atol=s["atol"],
         )
         values = np.asarray(jax.vmap(lambda m: law(m).ravel())(flow.models))
         gf_drift = _sup(values - values[0])
         curves[f"{model_name}/gf/ts"], curves[f"{model_name}/gf/drift"] = ts, gf_drift
-        rows.append(dict(model=model_name, law=LAWS[model_name], clock="GF",
-                         drift=float(gf_drift[-1]), predicted=None,
-                         relative=float(gf_drift[-1] / scale)))
+        rows.append(
+            dict(
+                model=model_name,
+                law=LAWS[model_name],
+                clock="GF",
+                drift=float(gf_drift[-1]),
+                predicted=None,
+                relative=float(gf_drift[-1] / scale),
+            )
+        )
         bar.update()
         fits[model_name] = (
             analysis.loglog_slope(s["lrs"], drifts)

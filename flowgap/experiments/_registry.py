@@ -102,8 +102,12 @@ def _save(folder: pathlib.Path, experiment: Experiment, result, meta: dict) -> N
 
     write_json(
         folder / "settings.json",
-        dict(experiment=experiment.name, flowgap=version("flowgap"), **meta,
-             settings=result.settings),
+        dict(
+            experiment=experiment.name,
+            flowgap=version("flowgap"),
+            **meta,
+            settings=result.settings,
+        ),
     )
     write_json(folder / "results.json", dict(rows=result.rows, fits=result.fits))
     write_npz(folder / "arrays.npz", result.curves)

@@ -89,7 +89,9 @@ def resolve(settings: tuple[Setting, ...], overrides: dict) -> dict:
     values = {s.name: s.default for s in settings}
     for name, value in overrides.items():
         setting = by_name[name]
-        values[name] = setting.parse(value) if isinstance(value, str) else setting.check(
-            tuple(value) if setting.kind == "floats" else value
+        values[name] = (
+            setting.parse(value)
+            if isinstance(value, str)
+            else setting.check(tuple(value) if setting.kind == "floats" else value)
         )
     return values

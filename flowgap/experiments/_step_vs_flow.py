@@ -9,6 +9,7 @@ the flow's explicit Euler method).
 """
 
 import dataclasses
+
 import diffrax
 import equinox as eqx
 import jax
@@ -45,7 +46,13 @@ SETTINGS = (
     Setting("t1", 100.0, "horizon T (time units, t = k·lr)", positive=True),
     Setting("rtol", 1e-10, "gradient-flow relative tolerance", positive=True),
     Setting("atol", 1e-12, "gradient-flow absolute tolerance", positive=True),
-    Setting("saves", 200, "saved points per run; must divide each run's step count", "int", minimum=2),
+    Setting(
+        "saves",
+        200,
+        "saved points per run; must divide each run's step count",
+        "int",
+        minimum=2,
+    ),
 )
 
 QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50)
@@ -281,7 +288,9 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> StepVsFlowResult
         if len(gaps[name]) >= 2 and all(g > 0 and np.isfinite(g) for g in gaps[name]):
             fits[name] = analysis.loglog_slope(s["lrs"], gaps[name])
         else:
-            fits[name] = dict(slope=float("nan"), intercept=float("nan"), stderr=float("nan"))
+            fits[name] = dict(
+                slope=float("nan"), intercept=float("nan"), stderr=float("nan")
+            )
     curves["lrs"] = np.asarray(s["lrs"])
     curves["truth"] = problem.truth
     return StepVsFlowResult(settings=dict(s), rows=rows, fits=fits, curves=curves)

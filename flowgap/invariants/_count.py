@@ -62,7 +62,8 @@ def _right_normed(phi_flat, coefficients):
     def bracket(x, y):
         def field(theta):
             return (
-                jax.jvp(y, (theta,), (x(theta),))[1] - jax.jvp(x, (theta,), (y(theta),))[1]
+                jax.jvp(y, (theta,), (x(theta),))[1]
+                - jax.jvp(x, (theta,), (y(theta),))[1]
             )
 
         return field
@@ -75,7 +76,9 @@ def _right_normed(phi_flat, coefficients):
 
 def _rank(matrix, rtol) -> int:
     s = np.linalg.svd(np.asarray(matrix), compute_uv=False)
-    return int(np.sum(s > rtol * s[0] * max(matrix.shape))) if s.size and s[0] > 0 else 0
+    return (
+        int(np.sum(s > rtol * s[0] * max(matrix.shape))) if s.size and s[0] > 0 else 0
+    )
 
 
 def count_conservation_laws(
@@ -113,7 +116,11 @@ def count_conservation_laws(
     **Returns:** a `LawCount`.
     """
     max_levels = positive_int("max_levels", max_levels)
-    phi = default_reparametrisation(model) if reparametrisation is None else reparametrisation
+    phi = (
+        default_reparametrisation(model)
+        if reparametrisation is None
+        else reparametrisation
+    )
     point_key, combo_key = jax.random.split(key)
     theta, rebuild = flatten(_perturb(model, point_key, 0.3))
     dim = int(theta.shape[0])
@@ -135,7 +142,10 @@ def count_conservation_laws(
     known_rank = complete = None
     if known:
         jac = np.concatenate(
-            [np.asarray(jax.jacrev(lambda t, q=q: as_vector(q, rebuild(t)))(theta)) for q in known.values()]
+            [
+                np.asarray(jax.jacrev(lambda t, q=q: as_vector(q, rebuild(t)))(theta))
+                for q in known.values()
+            ]
         )
         known_rank = _rank(jac, rtol)
         complete = known_rank == dim - lie_rank

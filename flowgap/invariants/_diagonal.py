@@ -8,7 +8,8 @@ from ._projection import null_projector
 def _require(model, cls, name):
     if not isinstance(model, cls):
         raise ValueError(
-            f"`model` must be a {cls.__name__} for `{name}`, got {type(model).__name__}."
+            f"`model` must be a {cls.__name__} for `{name}`, "
+            f"got {type(model).__name__}."
         )
 
 

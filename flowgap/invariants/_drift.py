@@ -83,9 +83,7 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None) -> DriftReport:
     )
 
 
-def symmetry_step_identity(
-    symmetry, loss, trajectory, *, lr, weight_decay=0.0
-) -> dict:
+def symmetry_step_identity(symmetry, loss, trajectory, *, lr, weight_decay=0.0) -> dict:
     r"""The exact one-step identity of a scale or rescale law under plain GD with
     decoupled weight decay λ (θ ← θ − η(∇L + λθ), e.g.
     `optax.chain(optax.add_decayed_weights(λ), optax.sgd(η))`):
@@ -133,5 +131,3 @@ def symmetry_step_identity(
         predicted=predicted,
         max_relative_error=float(np.max(np.abs(q[1:] - predicted)) / scale),
     )
-
-

@@ -11,7 +11,9 @@ def weight_norm_directions(model) -> Float[Array, " units"]:
     """
     if isinstance(model, WeightNorm):
         layers = (model,)
-    elif isinstance(model, MLP) and all(isinstance(la, WeightNorm) for la in model.layers):
+    elif isinstance(model, MLP) and all(
+        isinstance(la, WeightNorm) for la in model.layers
+    ):
         layers = model.layers
     else:
         raise ValueError(
@@ -67,5 +69,6 @@ def unit_rescaling(model) -> Float[Array, " units"]:
     raise ValueError(
         "`unit_rescaling` needs a TwoLayer or an MLP (without weight norm) with a "
         "positively homogeneous activation (linear, relu, leaky_relu); got "
-        f"{type(model).__name__} with activation {getattr(model, 'activation', None)!r}."
+        f"{type(model).__name__} with activation "
+        f"{getattr(model, 'activation', None)!r}."
     )

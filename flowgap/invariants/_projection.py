@@ -8,4 +8,6 @@ def null_projector(matrix: Float[Array, "n d"]) -> Float[Array, "d d"]:
     Vectors in range(Xᵀ) (every gradient of a loss of Xβ) are killed by P, which is
     why P·(mirror coordinates) is conserved by the flow.
     """
-    return jnp.eye(matrix.shape[1], dtype=matrix.dtype) - jnp.linalg.pinv(matrix) @ matrix
+    return (
+        jnp.eye(matrix.shape[1], dtype=matrix.dtype) - jnp.linalg.pinv(matrix) @ matrix
+    )

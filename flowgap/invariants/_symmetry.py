@@ -38,8 +38,8 @@ class AbstractSymmetry(eqx.Module):
         """The conserved quantity Q(model)."""
 
     def verify(self, loss, model, *, key, samples: int = 5, size: float = 0.5) -> float:
-        """max over random a ~ N(0, size²) of |L(act(θ, a)) − L(θ)| / max(|L(θ)|, 1e-300):
-        round-off for a true symmetry."""
+        """max over random a ~ N(0, size²) of
+        |L(act(θ, a)) − L(θ)| / max(|L(θ)|, 1e-300): round-off for a true symmetry."""
         base = loss(model)
         values = [
             abs(float(loss(self.act(model, a)) - base))

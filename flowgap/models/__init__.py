@@ -2,7 +2,11 @@
 
 from ._activations import (
     ACTIVATIONS as ACTIVATIONS,
+)
+from ._activations import (
     POSITIVELY_HOMOGENEOUS as POSITIVELY_HOMOGENEOUS,
+)
+from ._activations import (
     SMOOTH as SMOOTH,
 )
 from ._deep_linear import DeepLinear as DeepLinear

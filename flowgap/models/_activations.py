@@ -30,6 +30,8 @@ SMOOTH = frozenset({"linear", "tanh", "gelu", "silu", "softplus", "sigmoid"})
 def activation_fn(name: str):
     """The function registered under `name`; ValueError listing the choices if none."""
     if not isinstance(name, str):
-        raise TypeError(f"`activation` must be a string name, got {type(name).__name__}.")
+        raise TypeError(
+            f"`activation` must be a string name, got {type(name).__name__}."
+        )
     one_of("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]

@@ -29,9 +29,7 @@ class DeepLinear(eqx.Module):
 
     weights: tuple[Float[Array, "_ _"], ...]
 
-    def __init__(
-        self, dims, *, scale: ScalarLike, key: PRNGKeyArray, dtype=None
-    ):
+    def __init__(self, dims, *, scale: ScalarLike, key: PRNGKeyArray, dtype=None):
         dims = tuple(dims)
         if len(dims) < 2:
             raise ValueError(
@@ -48,7 +46,9 @@ class DeepLinear(eqx.Module):
 
     def end_to_end(self) -> Float[Array, "out in"]:
         """W_N ⋯ W₁."""
-        return functools.reduce(lambda acc, w: w @ acc, self.weights[1:], self.weights[0])
+        return functools.reduce(
+            lambda acc, w: w @ acc, self.weights[1:], self.weights[0]
+        )
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
         return self.end_to_end() @ x

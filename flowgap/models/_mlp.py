@@ -11,7 +11,9 @@ from ._weight_norm import WeightNorm
 def _scaled_linear(d_in, d_out, scale, key, dtype):
     layer = eqx.nn.Linear(d_in, d_out, key=key, dtype=dtype)
     return eqx.tree_at(
-        lambda lin: (lin.weight, lin.bias), layer, (scale * layer.weight, scale * layer.bias)
+        lambda lin: (lin.weight, lin.bias),
+        layer,
+        (scale * layer.weight, scale * layer.bias),
     )
 
 

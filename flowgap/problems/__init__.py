@@ -2,8 +2,14 @@
 
 from ._generators import (
     low_rank as low_rank,
+)
+from ._generators import (
     sparse_recovery as sparse_recovery,
+)
+from ._generators import (
     teacher_student as teacher_student,
+)
+from ._generators import (
     whitened as whitened,
 )
 from ._regression import RegressionProblem as RegressionProblem

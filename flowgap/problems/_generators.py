@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .._checks import as_scalar, positive_int, positive_scalar
+from .._checks import as_scalar, positive_int
 from ..models import TwoLayer
 from ._regression import RegressionProblem
 
