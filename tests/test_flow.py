@@ -137,3 +137,32 @@ def test_bad_input(key, kwargs, name):
     problem = _least_squares(key)
     with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
         flowgap.gradient_flow(problem.loss, Linear(jnp.zeros(5)), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "solver", [diffrax.Tsit5(), diffrax.Dopri8(), diffrax.Heun()], ids=str
+)
+def test_gradient_evaluation_count_is_exact(key, solver):
+    """stats['num_grad_evals'] against a runtime counter inside the loss."""
+    from flowgap.problems import sparse_recovery
+
+    problem = sparse_recovery(key, n=10, d=30, sparsity=2)
+    calls = []
+
+    def loss(model):
+        jax.debug.callback(lambda _: calls.append(1), model.u[0])
+        return problem.loss(model)
+
+    traj = flowgap.gradient_flow(
+        loss,
+        DiagonalNet(30, scale=1e-3),
+        t1=300.0,
+        solver=solver,
+        rtol=1e-6,
+        atol=1e-9,
+        max_steps=10**6,
+    )
+    jax.block_until_ready(traj)
+    assert int(traj.stats["num_rejected_steps"]) > 0  # rejections are counted too
+    saves_and_final = len(traj) + 1  # L at each save and at the end
+    assert int(traj.stats["num_grad_evals"]) == len(calls) - saves_and_final

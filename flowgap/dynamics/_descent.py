@@ -212,6 +212,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
             num_steps=state.step,
             num_accepted_steps=state.step,
             num_rejected_steps=jnp.array(0),
+            num_grad_evals=state.step,
             stop_step=state.stop_step,
             last_finite_loss=state.last_finite_loss,
             stop_loss=state.stop_loss,

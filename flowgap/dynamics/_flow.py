@@ -113,6 +113,7 @@ def _solve(
             num_steps=sol.stats["num_steps"],
             num_accepted_steps=sol.stats["num_accepted_steps"],
             num_rejected_steps=sol.stats["num_rejected_steps"],
+            num_grad_evals=_evaluations(solver, sol.stats["num_steps"]),
         ),
         interpolation=sol.interpolation if dense else None,
     )
@@ -158,6 +159,19 @@ def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str
 
 
 _DEFAULT_ADJOINT = diffrax.RecursiveCheckpointAdjoint()
+
+
+def _evaluations(solver, num_steps):
+    """Vector-field (gradient) evaluations of an explicit Runge–Kutta solve: s per
+    attempted step, or s − 1 plus one initial evaluation for FSAL tableaus
+    (checked against a runtime counter in the tests). −1 for other solvers,
+    whose count depends on their nonlinear solves."""
+    tableau = getattr(solver, "tableau", None)
+    if not isinstance(tableau, diffrax.ButcherTableau) or tableau.implicit:
+        return jnp.full_like(num_steps, -1)
+    if tableau.fsal:
+        return (tableau.num_stages - 1) * num_steps + 1
+    return tableau.num_stages * num_steps
 
 
 def _coefficient(name, value):

@@ -24,9 +24,12 @@ class Trajectory(eqx.Module):
     - `result`: a `flowgap.RESULTS` status: `successful`, `event_occurred`
       (stopped by `stop_when`), `diverged`, or one of Diffrax's solver failures.
     - `stats`: counters: `num_steps` (GD steps taken / ODE solver steps),
-      `num_accepted_steps`, `num_rejected_steps`; for GD also `stop_step` (the
-      step at which the run stopped, −1 if it ran to the end) and
-      `last_finite_loss`.
+      `num_accepted_steps`, `num_rejected_steps`, `num_grad_evals` (gradient
+      evaluations that moved the state: one per GD step; for explicit Runge–Kutta
+      flows s per solver step, s − 1 (+1) for FSAL tableaus; −1 where unknown,
+      e.g. implicit solvers; loss values at saves and `stop_when` checks are not
+      counted); for GD also `stop_step` (the step at which the run stopped, −1 if
+      it ran to the end), `last_finite_loss` and `stop_loss`.
 
     - `interpolation`: for `gradient_flow(..., dense=True)`, Diffrax's dense
       interpolation of the parameters (see `at`); None otherwise.
