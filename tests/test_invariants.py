@@ -317,3 +317,29 @@ def test_salimans_kingma_polar_norm_growth(key):
     assert (
         scale > 0 and np.max(np.abs(report.measured - report.leading)) <= 1e-9 * scale
     )
+
+
+def test_plot_drift_draws_every_run(key):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problem = teacher_student(key, n=12, d=3, teacher_width=2, out_dim=2)
+    relu = TwoLayer(3, 4, 2, activation="relu", scale=0.6, key=key)
+    gd = {
+        lr: inv.drift_curves(
+            inv.unit_rescaling,
+            problem.loss,
+            flowgap.gradient_descent(problem.loss, relu, lr=lr, steps=round(0.2 / lr)),
+            lr=lr,
+        )
+        for lr in (0.02, 0.01)
+    }
+    flow = flowgap.gradient_flow(problem.loss, relu, t1=0.2, ts=jnp.linspace(0, 0.2, 5))
+    fig, ax = plt.subplots()
+    inv.plot_drift(ax, gd, inv.flow_drift(inv.unit_rescaling, flow), label="rescaling")
+    assert len(ax.lines) == 2 * 2 + 1 and ax.get_yscale() == "log"
+    ts, measured, predicted = gd[0.02]
+    assert np.allclose(measured, predicted, rtol=1e-9, atol=1e-16)
+    plt.close(fig)

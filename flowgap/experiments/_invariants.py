@@ -82,10 +82,6 @@ def _cases(s, key):
     }
 
 
-def _sup(x):
-    return np.max(np.abs(np.asarray(x)), axis=-1)
-
-
 @dataclasses.dataclass
 class InvariantsResult:
     """Rows (model, law, clock, drift at T, predicted, ratio), per-model fits of the
@@ -127,34 +123,22 @@ class InvariantsResult:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-        lrs = self.settings["lrs"]
-        colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(lrs)))
         for ax, model in zip(axes.ravel(), LAWS):
-            for lr, colour in zip(lrs, colours):
-                key = f"{model}/gd/{lr:g}"
-                ts = self.curves[f"{key}/ts"][1:]
-                ax.semilogy(
-                    ts,
-                    self.curves[f"{key}/drift"][1:],
-                    color=colour,
-                    label=f"GD η={lr:g}",
+            gd = {
+                lr: tuple(
+                    self.curves[f"{model}/gd/{lr:g}/{part}"]
+                    for part in ("ts", "drift", "predicted")
                 )
-                ax.semilogy(
-                    ts, self.curves[f"{key}/predicted"][1:], "--", color="0.3", lw=0.8
-                )
-            gf_ts = self.curves[f"{model}/gf/ts"][1:]
-            ax.semilogy(
-                gf_ts,
-                np.maximum(self.curves[f"{model}/gf/drift"][1:], 1e-18),
-                "k:",
-                label="GF (Diffrax)",
-            )
-            ax.set(
-                xlabel="time t = kη",
-                ylabel=f"‖Δ {LAWS[model]}‖∞",
+                for lr in self.settings["lrs"]
+            }
+            flow = (self.curves[f"{model}/gf/ts"], self.curves[f"{model}/gf/drift"])
+            invariants.plot_drift(
+                ax,
+                gd,
+                flow,
+                label=LAWS[model],
                 title=f"{model} (dashed: Σ η²/2 gᵀ∇²Q g)",
             )
-            ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
 
@@ -186,10 +170,11 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> InvariantsResult
             traj = dynamics.gradient_descent(
                 problem.loss, model, lr=lr, steps=steps_for[lr], rates=rates
             )
-            report = invariants.gd_drift(law, problem.loss, traj, lr=lr, rates=rates)
-            drift, predicted = _sup(report.measured), _sup(report.leading)
+            ts, drift, predicted = invariants.drift_curves(
+                law, problem.loss, traj, lr=lr, rates=rates
+            )
             key = f"{model_name}/gd/{lr:g}"
-            curves[f"{key}/ts"], curves[f"{key}/drift"] = report.ts, drift
+            curves[f"{key}/ts"], curves[f"{key}/drift"] = ts, drift
             curves[f"{key}/predicted"] = predicted
             drifts.append(drift[-1])
             rows.append(
@@ -214,9 +199,11 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> InvariantsResult
             rtol=s["rtol"],
             atol=s["atol"],
         )
-        values = np.asarray(jax.vmap(lambda m: law(m).ravel())(flow.models))
-        gf_drift = _sup(values - values[0])
-        curves[f"{model_name}/gf/ts"], curves[f"{model_name}/gf/drift"] = ts, gf_drift
+        gf_ts, gf_drift = invariants.flow_drift(law, flow)
+        curves[f"{model_name}/gf/ts"], curves[f"{model_name}/gf/drift"] = (
+            gf_ts,
+            gf_drift,
+        )
         rows.append(
             dict(
                 model=model_name,

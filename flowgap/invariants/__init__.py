@@ -44,6 +44,15 @@ from ._layers import (
 from ._layers import (
     weight_norm_directions as weight_norm_directions,
 )
+from ._plot import (
+    drift_curves as drift_curves,
+)
+from ._plot import (
+    flow_drift as flow_drift,
+)
+from ._plot import (
+    plot_drift as plot_drift,
+)
 from ._polar import (
     polar_direction_norm as polar_direction_norm,
 )
