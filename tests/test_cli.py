@@ -46,6 +46,8 @@ def test_help_lists_settings(capsys):
         (["frobnicate"], "frobnicate"),
         (["run", "invariants", "--set", "lrs=0.3"], "`lrs`"),
         (["run", "invariants", "--set", "ratio=0"], "`ratio`"),
+        (["run", "gap", "--set", "lrs=0.3,0.2"], "`lrs`"),
+        (["run", "gap", "--set", "lrs=0.1"], "`lrs`"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
@@ -112,3 +114,18 @@ def test_invariants_job_quick(tmp_path):
         assert gd["relative"] > 1e3 * gf["relative"]  # and steps do break it
     assert (folder / "figure.png").exists()
     assert "drift exponent in lr (deep-linear)" in result.table()
+
+
+def test_gap_job_quick(tmp_path):
+    from flowgap.experiments import run
+
+    result, folder = run("gap", quick=True, out=tmp_path / "gap", progress=False)
+    assert len(result.rows) == 9
+    for row in result.rows:
+        low, high = row["ci"]
+        # every expected slope (1, 2, 3) lies in its fitted 95% interval ...
+        assert low <= row["expected"] <= high, row
+        # ... and, away from the diagonal net's pre-asymptotic largest η, close by
+        if row["model"] != "diagonal":
+            assert abs(row["slope"] - row["expected"]) < 0.1, row
+    assert (folder / "figure.png").exists()

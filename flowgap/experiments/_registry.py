@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from . import _invariants, _step_vs_flow
+from . import _gap, _invariants, _step_vs_flow
 from ._output import make_folder, run_folder, save_figure, write_json, write_npz
 from ._settings import Setting, SettingError, resolve
 
@@ -40,6 +40,13 @@ EXPERIMENTS = {
             settings=_invariants.SETTINGS,
             quick=_invariants.QUICK,
             run=_invariants.run,
+        ),
+        Experiment(
+            name=_gap.NAME,
+            summary=(_gap.__doc__ or "").strip().splitlines()[0],
+            settings=_gap.SETTINGS,
+            quick=_gap.QUICK,
+            run=_gap.run,
         ),
     )
 }
