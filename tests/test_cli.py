@@ -48,6 +48,7 @@ def test_help_lists_settings(capsys):
         (["run", "invariants", "--set", "ratio=0"], "`ratio`"),
         (["run", "gap", "--set", "lrs=0.3,0.2"], "`lrs`"),
         (["run", "gap", "--set", "lrs=0.1"], "`lrs`"),
+        (["run", "edge-of-stability", "--set", "lrs=0.3"], "`lrs`"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
@@ -128,4 +129,20 @@ def test_gap_job_quick(tmp_path):
         # ... and, away from the diagonal net's pre-asymptotic largest η, close by
         if row["model"] != "diagonal":
             assert abs(row["slope"] - row["expected"]) < 0.1, row
+    assert (folder / "figure.png").exists()
+
+
+def test_edge_of_stability_job_quick(tmp_path):
+    from flowgap.experiments import run
+
+    result, folder = run(
+        "edge-of-stability", quick=True, out=tmp_path / "eos", progress=False
+    )
+    by_lr = {r["lr"]: r for r in result.rows}
+    # η = 0.4: the sharpness exceeds 2/η = 5 and GD leaves the flow after that;
+    # η = 0.1: 2/η = 20 is never reached and GD stays with the flow
+    assert by_lr[0.4]["max_sharpness"] > 5.0
+    assert by_lr[0.4]["cross_time"] < by_lr[0.4]["depart_time"]
+    assert by_lr[0.1]["max_sharpness"] < 20.0 and by_lr[0.1]["depart_time"] is None
+    assert result.fits["departs_after_crossing"]
     assert (folder / "figure.png").exists()

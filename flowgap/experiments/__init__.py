@@ -1,5 +1,6 @@
 """Reproducible experiments: `flowgap run NAME`, or `run(NAME, ...)` from Python."""
 
+from ._edge_of_stability import EdgeOfStabilityResult as EdgeOfStabilityResult
 from ._gap import GapResult as GapResult
 from ._invariants import InvariantsResult as InvariantsResult
 from ._registry import (

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from . import _gap, _invariants, _step_vs_flow
+from . import _edge_of_stability, _gap, _invariants, _step_vs_flow
 from ._output import make_folder, run_folder, save_figure, write_json, write_npz
 from ._settings import Setting, SettingError, resolve
 
@@ -47,6 +47,13 @@ EXPERIMENTS = {
             settings=_gap.SETTINGS,
             quick=_gap.QUICK,
             run=_gap.run,
+        ),
+        Experiment(
+            name=_edge_of_stability.NAME,
+            summary=(_edge_of_stability.__doc__ or "").strip().splitlines()[0],
+            settings=_edge_of_stability.SETTINGS,
+            quick=_edge_of_stability.QUICK,
+            run=_edge_of_stability.run,
         ),
     )
 }
