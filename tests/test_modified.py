@@ -122,3 +122,48 @@ def test_bad_input(key):
         gap_exponent(problem.loss, model, lrs=[0.3], t1=1.0)
     with pytest.raises(ValueError, match="divide"):
         gap_exponent(problem.loss, model, lrs=[0.3, 0.2], t1=1.0)
+
+
+@pytest.mark.parametrize("name", ["tanh-two-layer", "deep-linear"])
+def test_heavy_ball_gap_orders(key, name):
+    """Heavy ball (optax.sgd with momentum β) is O(η) from the order-0 flow
+    −∇L/(1 − β) and O(η²) from the order-1 modified flow with its shifted start."""
+    import functools
+
+    import diffrax
+    import optax
+
+    from flowgap.analysis import loglog_slope, parameter_distance
+    from flowgap.dynamics import momentum_flow
+
+    problem, model = _cases(key)[name]
+    beta, t1 = 0.5, 1.0
+    lrs = t1 / np.array([40, 80, 160, 320])
+    gaps = {0: [], 1: []}
+    for lr in lrs:
+        steps = round(t1 / lr)
+        gd = flowgap.gradient_descent(
+            problem.loss,
+            model,
+            lr=lr,
+            steps=steps,
+            save_every=steps,
+            optimizer=functools.partial(optax.sgd, momentum=beta),
+        )
+        for order in gaps:
+            flow = momentum_flow(
+                problem.loss,
+                model,
+                lr=lr,
+                beta=beta,
+                order=order,
+                t1=t1,
+                solver=diffrax.Dopri8(),
+                rtol=1e-13,
+                atol=1e-13,
+            )
+            gaps[order].append(parameter_distance(gd.final, flow.final))
+    for order, values in gaps.items():
+        assert abs(loglog_slope(lrs, values)["slope"] - (order + 1)) <= 0.15
+    with pytest.raises(ValueError, match="`beta`"):
+        momentum_flow(problem.loss, model, lr=0.1, beta=1.5, t1=1.0)

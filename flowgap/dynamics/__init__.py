@@ -4,6 +4,7 @@ from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
 from ._flow import gradient_flow as gradient_flow
 from ._modified import modified_flow as modified_flow
+from ._momentum import momentum_flow as momentum_flow
 from ._rates import uniform_rates as uniform_rates
 from ._results import (
     RESULTS as RESULTS,
