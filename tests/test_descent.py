@@ -263,3 +263,59 @@ def test_progress_bar_runs(key, capsys):
     )
     assert traj.result == RESULTS.successful
     assert "gradient descent" in capsys.readouterr().err
+
+
+def test_layerwise_descent(key):
+    """Step k moves only block k mod B; to first order the run is the gradient
+    flow at rate 1/B, which it tracks to O(η)."""
+    import diffrax
+
+    from flowgap.analysis import loglog_slope, parameter_distance
+    from flowgap.models import DeepLinear
+    from flowgap.problems import low_rank
+
+    problem = low_rank(key, d_in=4, d_out=3, rank=1)
+    net = DeepLinear((4, 5, 3), scale=0.5, key=key)
+    one = flowgap.gradient_descent(problem.loss, net, lr=0.1, steps=1, layerwise=True)
+    assert not np.array_equal(one.final.weights[0], net.weights[0])
+    assert np.array_equal(one.final.weights[1], net.weights[1])
+    two = flowgap.gradient_descent(
+        problem.loss,
+        net,
+        lr=0.1,
+        steps=2,
+        layerwise=[lambda m: m.weights[1], lambda m: m.weights[0]],
+    )
+    assert not np.array_equal(two.models.weights[1][1], net.weights[1])
+    assert np.array_equal(two.models.weights[0][1], net.weights[0])
+    flow = flowgap.gradient_flow(
+        problem.loss,
+        net,
+        t1=1.0,
+        rates=0.5,
+        solver=diffrax.Dopri8(),
+        rtol=1e-13,
+        atol=1e-13,
+    )
+    lrs = 1.0 / np.array([40, 80, 160, 320])
+    gaps = []
+    for lr in lrs:
+        steps = round(1.0 / lr)
+        gd = flowgap.gradient_descent(
+            problem.loss,
+            net,
+            lr=lr,
+            steps=steps,
+            save_every=steps // 10,
+            layerwise=True,
+        )
+        gaps.append(parameter_distance(gd.final, flow.final))
+    assert abs(loglog_slope(lrs, gaps)["slope"] - 1) <= 0.1
+    with pytest.raises(ValueError, match="cover every"):
+        flowgap.gradient_descent(
+            problem.loss, net, lr=0.1, steps=2, layerwise=[lambda m: m.weights[0]]
+        )
+    with pytest.raises(ValueError, match="`layerwise=True`"):
+        flowgap.gradient_descent(
+            problem.loss, DiagonalNet(3, scale=1.0), lr=0.1, steps=2, layerwise=True
+        )

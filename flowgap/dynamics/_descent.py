@@ -61,7 +61,20 @@ def _tree_where(pred, a, b):
 
 @eqx.filter_jit
 def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
-    segments, optimizer, projection, progress = config
+    segments, optimizer, projection, progress, blocks = config
+
+    def direction(grads, step):
+        """P∇L, restricted to block `step mod B` for layer-wise descent."""
+        if blocks is not None:
+            ids, count = blocks
+            active_block = step % count
+            grads = jax.tree.map(
+                lambda g, b: jnp.where(b == active_block, g, jnp.zeros_like(g)),
+                grads,
+                jax.tree.unflatten(jax.tree.structure(grads), list(ids)),
+            )
+        return precondition(grads, rates)
+
     value_fn = scalar_loss(loss, static)
     value_and_grad = jax.value_and_grad(value_fn)
     opt = _make_optimizer(optimizer, lr)
@@ -73,7 +86,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
             bad = bad | (value > max_loss)
         converged = jnp.array(False) if stop_when is None else stop_when(value, grads)
         updates, opt_state = opt.update(
-            precondition(grads, rates), state.opt_state, state.params
+            direction(grads, state.step), state.opt_state, state.params
         )
         new_params = optax.apply_updates(state.params, updates)
         if projection is not None:
@@ -98,10 +111,10 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
     def one_step(state, _):
         return advance(state, *value_and_grad(state.params)), None
 
-    def plain_step(carry, _):
+    def plain_step(carry, step):
         params, opt_state = carry
         grads = jax.grad(value_fn)(params)
-        updates, opt_state = opt.update(precondition(grads, rates), opt_state, params)
+        updates, opt_state = opt.update(direction(grads, step), opt_state, params)
         params = optax.apply_updates(params, updates)
         if projection is not None:
             params = eqx.filter(
@@ -117,7 +130,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
         `_any_run`)."""
         value = value_fn(state.params)
         params, opt_state = lax.scan(
-            plain_step, (state.params, state.opt_state), None, length=stride
+            plain_step, (state.params, state.opt_state), state.step + jnp.arange(stride)
         )[0]
         end_value = value_fn(params)
         bad = any_nonfinite(params) | ~jnp.isfinite(end_value)
@@ -220,6 +233,66 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
     )
 
 
+def _layer_blocks(layerwise, model, params):
+    """Static (block id per trainable leaf, number of blocks), or None."""
+    if layerwise is None or layerwise is False:
+        return None
+    if layerwise is True:
+        selectors = _default_layers(model)
+    else:
+        selectors = tuple(layerwise)
+        if not selectors or not all(callable(s) for s in selectors):
+            raise TypeError(
+                "`layerwise` must be None, True, or a sequence of selectors model -> "
+                "array(s)."
+            )
+    leaves, treedef = jax.tree.flatten(params)
+    numbered = eqx.combine(
+        jax.tree.unflatten(treedef, [_Leaf(i) for i in range(len(leaves))]),
+        eqx.partition(model, eqx.is_inexact_array)[1],
+    )
+    owner = [None] * len(leaves)
+    for block, select in enumerate(selectors):
+        chosen = jax.tree.leaves(
+            select(numbered), is_leaf=lambda x: isinstance(x, _Leaf)
+        )
+        for leaf in chosen:
+            if not isinstance(leaf, _Leaf):
+                continue
+            if owner[leaf.index] is not None:
+                raise ValueError(
+                    "`layerwise` selectors overlap: a parameter is in two blocks."
+                )
+            owner[leaf.index] = block
+    if any(o is None for o in owner):
+        raise ValueError(
+            "`layerwise` selectors must cover every trainable array of `model`."
+        )
+    return tuple(owner), len(selectors)
+
+
+class _Leaf:
+    """Marker standing for trainable leaf `index` while resolving selectors."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+def _default_layers(model):
+    from ..models import MLP, DeepLinear, TwoLayer
+
+    if isinstance(model, DeepLinear):
+        return tuple(lambda m, i=i: m.weights[i] for i in range(len(model.weights)))
+    if isinstance(model, TwoLayer):
+        return (lambda m: m.w1, lambda m: m.w2)
+    if isinstance(model, MLP):
+        return tuple(lambda m, i=i: m.layers[i] for i in range(len(model.layers)))
+    raise ValueError(
+        f"`layerwise=True` knows the layers of DeepLinear, TwoLayer and MLP, not "
+        f"{type(model).__name__}; pass a sequence of selectors."
+    )
+
+
 def _divergence_message(traj: Trajectory, lr) -> str:
     step = int(traj.stats["stop_step"])
     bad = float(traj.stats["stop_loss"])
@@ -251,6 +324,7 @@ def gradient_descent(
     max_loss=None,
     throw: bool = False,
     progress: bool = False,
+    layerwise=None,
 ) -> Trajectory:
     r"""Full-batch gradient descent as one jitted, scan-based program.
 
@@ -284,6 +358,14 @@ def gradient_descent(
     - `throw`: raise `DivergenceError` if the run diverges (otherwise the status
       is on the result).
     - `progress`: show a tqdm bar.
+    - `layerwise`: layer-wise descent (science.md §6): step k updates only block
+      k mod B. True uses the model's layers (`DeepLinear.weights`, `TwoLayer`'s
+      w1 and w2, `MLP.layers`); or give a sequence of selectors model → array(s),
+      as for `eqx.tree_at`, covering every trainable array once. The other blocks'
+      gradients are zeroed before the optimizer. Its continuous-time counterpart
+      is not plain GF: each block moves once per B steps, so to first order in η
+      it is the gradient flow at rate 1/B, `gradient_flow(..., rates=1/B)`
+      (times 1/B on top of any `rates`), which layer-wise GD tracks to O(η).
 
     **Returns:** a `Trajectory` with `ts = k·lr` at the saved steps. A run that
     diverges at step k (L(θ_k) non-finite or above `max_loss`, or θ_{k} not
@@ -306,7 +388,8 @@ def gradient_descent(
     max_loss = None if max_loss is None else positive_scalar("max_loss", max_loss)
     if projection is not None and not callable(projection):
         raise TypeError("`projection` must be None or a callable model -> model.")
-    config = (segments, _check_optimizer(optimizer), projection, bool(progress))
+    blocks = _layer_blocks(layerwise, model, params)
+    config = (segments, _check_optimizer(optimizer), projection, bool(progress), blocks)
     bar = _progress.open_bar(steps, "gradient descent") if progress else None
     try:
         traj = _descend(loss, params, static, lr, rates, max_loss, stop_when, config)
