@@ -9,6 +9,7 @@ from . import experiments as experiments
 from . import invariants as invariants
 from . import models as models
 from . import problems as problems
+from . import sweeps as sweeps
 from .dynamics import (
     RESULTS as RESULTS,
 )
@@ -27,5 +28,6 @@ from .dynamics import (
 from .dynamics import (
     gradient_flow as gradient_flow,
 )
+from .sweeps import sweep as sweep
 
 __version__ = importlib.metadata.version("flowgap")

@@ -372,11 +372,11 @@ def gradient_descent(
     finite) keeps all saves up to k, has `result = RESULTS.diverged`,
     `stats["stop_step"] = k`, `stop_time = k·lr`, `stats["last_finite_loss"]`
     (L(θ_{k−1})) and `stats["stop_loss"]` (L(θ_k)); later saves are `inf`.
-    `final` is then the last saved state before k (without `stop_when`, steps
-    between saves run unguarded and are checked once per save interval, which keeps
-    the step loop as lean as a hand-written one) or θ_k itself (with `stop_when`,
-    every step is guarded). With `stop_when`, a run that converges at step k ends
-    at θ_k with `event_occurred`.
+    `final` is then θ_k, where the run froze. (Without `stop_when`, the steps
+    between two saves run gradient-only, as lean as a hand-written loop, and the
+    chunk is checked once; a chunk that went bad is replayed from its start with
+    the per-step guard, which finds k exactly.) With `stop_when`, every step is
+    guarded, and a run that converges at step k ends at θ_k with `event_occurred`.
     """
     loss = check_loss(loss)
     lr = positive_scalar("lr", lr)
