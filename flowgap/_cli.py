@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "list":
             for experiment in EXPERIMENTS.values():
-                print(f"{experiment.name:<16} {experiment.summary}")
+                summary = experiment.summary.split(": ", 1)[-1]
+                print(f"{experiment.name:<18} {summary}")
             return 0
         return _run(args)
     except (_UsageError, SettingError, OutputError, ValueError, TypeError) as err:

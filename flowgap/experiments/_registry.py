@@ -24,38 +24,21 @@ class Experiment:
     run: Callable
 
 
+def _from_module(module) -> Experiment:
+    """An experiment module defines NAME, SETTINGS, QUICK, run and a docstring
+    whose first line is its summary."""
+    return Experiment(
+        name=module.NAME,
+        summary=(module.__doc__ or "").strip().splitlines()[0],
+        settings=module.SETTINGS,
+        quick=module.QUICK,
+        run=module.run,
+    )
+
+
 EXPERIMENTS = {
     e.name: e
-    for e in (
-        Experiment(
-            name=_step_vs_flow.NAME,
-            summary=(_step_vs_flow.__doc__ or "").strip().splitlines()[0],
-            settings=_step_vs_flow.SETTINGS,
-            quick=_step_vs_flow.QUICK,
-            run=_step_vs_flow.run,
-        ),
-        Experiment(
-            name=_invariants.NAME,
-            summary=(_invariants.__doc__ or "").strip().splitlines()[0],
-            settings=_invariants.SETTINGS,
-            quick=_invariants.QUICK,
-            run=_invariants.run,
-        ),
-        Experiment(
-            name=_gap.NAME,
-            summary=(_gap.__doc__ or "").strip().splitlines()[0],
-            settings=_gap.SETTINGS,
-            quick=_gap.QUICK,
-            run=_gap.run,
-        ),
-        Experiment(
-            name=_edge_of_stability.NAME,
-            summary=(_edge_of_stability.__doc__ or "").strip().splitlines()[0],
-            settings=_edge_of_stability.SETTINGS,
-            quick=_edge_of_stability.QUICK,
-            run=_edge_of_stability.run,
-        ),
-    )
+    for e in map(_from_module, (_step_vs_flow, _invariants, _gap, _edge_of_stability))
 }
 
 
