@@ -1,12 +1,13 @@
 """The experiments `flowgap run NAME` knows, and the one way to run them."""
 
 import dataclasses
+import importlib
 import pathlib
+import pkgutil
 from collections.abc import Callable
 
 import jax
 
-from . import _edge_of_stability, _gap, _invariants, _step_vs_flow
 from ._output import make_folder, run_folder, save_figure, write_json, write_npz
 from ._settings import Setting, SettingError, resolve
 
@@ -36,10 +37,22 @@ def _from_module(module) -> Experiment:
     )
 
 
-EXPERIMENTS = {
-    e.name: e
-    for e in map(_from_module, (_step_vs_flow, _invariants, _gap, _edge_of_stability))
-}
+def _experiment_modules():
+    """Every private module of this package that defines NAME is an experiment,
+    so adding a job is adding one file; the headline job is listed first."""
+    package = pathlib.Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda i: i.name):
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        if hasattr(module, "NAME"):
+            yield module
+
+
+EXPERIMENTS = dict(
+    sorted(
+        ((e.name, e) for e in map(_from_module, _experiment_modules())),
+        key=lambda item: (item[0] != "step-vs-flow", item[0]),
+    )
+)
 
 
 def get(name: str) -> Experiment:
