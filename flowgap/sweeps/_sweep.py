@@ -4,6 +4,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -11,6 +12,23 @@ from .._checks import positive_int
 from ..experiments._output import write_npz
 from ._grid import check_grid, flat_points
 from ._result import SweepResult
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C) between chunks.
+
+    - `done`, `total`: finished chunks and all chunks;
+    - `checkpoint`: the folder holding the finished chunks (None if none was
+      given); rerunning the same sweep with it resumes;
+    - `partial`: a `SweepResult` of everything finished, with NaN (floats), -1
+      (integers) or False where a run had not been computed yet.
+    """
+
+    def __init__(self, done: int, total: int, checkpoint, partial: SweepResult):
+        where = f"; finished chunks are in {checkpoint}" if checkpoint else ""
+        super().__init__(f"sweep interrupted after {done} of {total} chunks{where}")
+        self.done, self.total = done, total
+        self.checkpoint, self.partial = checkpoint, partial
 
 
 def _chunk_size(batched, points, max_memory, devices):
@@ -38,6 +56,32 @@ def _chunk_file(folder: pathlib.Path, index: int) -> pathlib.Path:
     return folder / f"chunk-{index:05d}.npz"
 
 
+def _placement(devices):
+    """Put a chunk's run axis on the devices; gather it back to host numpy.
+
+    One device: plain arrays. Several (all hosts' devices when
+    `jax.distributed.initialize` was called): the run axis is sharded over a 1-D
+    mesh, every process builds its own shards from the host-side grid, and the
+    outputs are all-gathered so every process holds the whole chunk. Runs never
+    talk to each other, so each device's adaptive solver loops stay local.
+    """
+    if len(devices) == 1:
+        return jnp.asarray, np.asarray
+    sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+
+    def put(values: np.ndarray):
+        return jax.make_array_from_callback(
+            values.shape, sharding, lambda index: values[index]
+        )
+
+    def get(array):
+        if jax.process_count() == 1:
+            return np.asarray(array)
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+    return put, get
+
+
 def sweep(
     fn,
     grid: dict,
@@ -57,14 +101,19 @@ def sweep(
 
     - `chunk_size`, or `max_memory` (bytes, estimated from the compiled chunk's
       memory analysis): how many runs go in one chunk (default: all).
-    - With more than one local device the chunk's run axis is sharded over all of
-      them (`NamedSharding` on a 1-D mesh), and the chunk size is rounded up to a
-      multiple of the device count.
-    - `checkpoint`: a folder; every finished chunk is written there atomically,
-      and chunks already there are loaded instead of recomputed, so an
-      interrupted sweep resumes with bit-identical results.
+    - With more than one device the chunk's run axis is sharded over all of them
+      (`NamedSharding` on a 1-D mesh of `jax.devices()`), and the chunk size is
+      rounded up to a multiple of the device count. After
+      `jax.distributed.initialize(...)` that is every device of every process:
+      each process calls `sweep` with the same arguments and gets the whole
+      result (see the README, "Several hosts").
+    - `checkpoint`: a folder; every finished chunk is written there atomically
+      (by process 0), and chunks already there are loaded instead of recomputed,
+      so an interrupted sweep resumes with bit-identical results.
     - A run that fails (a diverged trajectory, a NaN) only affects its own outputs;
       return e.g. `traj.result._value` as a status leaf to flag it.
+    - Ctrl-C / SIGINT (and SIGTERM where the caller maps it to KeyboardInterrupt,
+      as the CLI does) raises `SweepInterrupted`, which carries the partial result.
 
     **Returns:** a `SweepResult` whose leaves have the grid's shape in front.
     """
@@ -73,7 +122,7 @@ def sweep(
     axes = check_grid(grid)
     points = flat_points(axes)
     total = len(next(iter(points.values())))
-    devices = jax.local_devices()
+    devices = jax.devices()
     batched = jax.jit(jax.vmap(lambda p: fn(**p)))
     if chunk_size is None:
         size = _chunk_size(batched, points, max_memory, len(devices))
@@ -85,40 +134,53 @@ def sweep(
         k: np.concatenate([v, np.repeat(v[-1:], count * size - total)])
         for k, v in points.items()
     }
-    sharding = (
-        NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
-        if len(devices) > 1
-        else None
-    )
+    put, get = _placement(devices)
     folder = None if checkpoint is None else pathlib.Path(checkpoint)
-    if folder is not None:
+    writer = folder is not None and jax.process_index() == 0
+    if writer:
         folder.mkdir(parents=True, exist_ok=True)
-    treedef, outputs = None, []
-    for index in tqdm(range(count), desc="sweep", unit="chunk", disable=not progress):
-        path = None if folder is None else _chunk_file(folder, index)
-        if path is not None and path.exists():
-            with np.load(path, allow_pickle=False) as data:
-                leaves = [data[f"leaf{j}"] for j in range(len(data.files))]
-        else:
-            args = {
-                k: jnp.asarray(v[index * size : (index + 1) * size])
-                for k, v in padded.items()
-            }
-            if sharding is not None:
-                args = jax.device_put(args, sharding)
-            result = batched(args)
-            leaves, treedef = jax.tree.flatten(result)
-            leaves = [np.asarray(x) for x in leaves]
-            if path is not None:
-                write_npz(path, {f"leaf{j}": x for j, x in enumerate(leaves)})
-        outputs.append(leaves)
-    if treedef is None:  # everything came from checkpoints: recover the structure
-        treedef = jax.tree.structure(
-            jax.eval_shape(batched, {k: v[:size] for k, v in padded.items()})
-        )
-    shape = tuple(len(v) for v in axes.values())
+    shapes = jax.eval_shape(batched, {k: v[:size] for k, v in padded.items()})
+    treedef = jax.tree.structure(shapes)
+    outputs = []
+    try:
+        for index in tqdm(
+            range(count), desc="sweep", unit="chunk", disable=not progress
+        ):
+            path = None if folder is None else _chunk_file(folder, index)
+            if path is not None and path.exists():
+                with np.load(path, allow_pickle=False) as data:
+                    leaves = [data[f"leaf{j}"] for j in range(len(data.files))]
+            else:
+                args = {
+                    k: put(v[index * size : (index + 1) * size])
+                    for k, v in padded.items()
+                }
+                leaves = [get(x) for x in jax.tree.leaves(batched(args))]
+                if writer:
+                    write_npz(path, {f"leaf{j}": x for j, x in enumerate(leaves)})
+            outputs.append(leaves)
+    except KeyboardInterrupt:
+        partial = _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
+        raise SweepInterrupted(len(outputs), count, folder, partial) from None
+    return _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
+
+
+def _missing(shape) -> np.ndarray:
+    dtype = np.dtype(shape.dtype)
+    if dtype == np.bool_:
+        return np.zeros(shape.shape, dtype)
+    fill = np.nan if np.issubdtype(dtype, np.inexact) else -1
+    return np.full(shape.shape, fill, dtype)
+
+
+def _assemble(axes, treedef, shapes, outputs, total) -> SweepResult:
+    """Stack finished chunks into the grid's shape; runs not finished are NaN/-1."""
+    grid_shape = tuple(len(v) for v in axes.values())
+    chunks = outputs + [[_missing(s) for s in shapes]] * (
+        math.ceil(total / shapes[0].shape[0]) - len(outputs) if shapes else 0
+    )
     stacked = [
-        np.concatenate(parts)[:total].reshape(shape + np.shape(parts[0])[1:])
-        for parts in zip(*outputs)
+        np.concatenate(parts)[:total].reshape(grid_shape + np.shape(parts[0])[1:])
+        for parts in zip(*chunks)
     ]
     return SweepResult(axes=axes, values=jax.tree.unflatten(treedef, stacked))
