@@ -10,19 +10,22 @@ import jax
 
 from ._output import make_folder, run_folder, save_figure, write_json, write_npz
 from ._settings import Setting, SettingError, resolve
+from ._sweepable import Sweepable
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """A named job: documented settings, `--quick` overrides, and a runner
     `run(settings, seed=..., progress=...) -> result` whose result has
-    `table()`, `figure()`, `rows`, `fits`, `curves`."""
+    `table()`, `figure()`, `rows`, `fits`, `curves`; and, if the module defines
+    `SWEEP`, how `flowgap sweep` runs it over a grid."""
 
     name: str
     summary: str
     settings: tuple[Setting, ...]
     quick: dict
     run: Callable
+    sweep: Sweepable | None = None
 
 
 def _from_module(module) -> Experiment:
@@ -34,6 +37,7 @@ def _from_module(module) -> Experiment:
         settings=module.SETTINGS,
         quick=module.QUICK,
         run=module.run,
+        sweep=getattr(module, "SWEEP", None),  # optional: `flowgap sweep NAME`
     )
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
 from ._settings import Setting, SettingError
+from ._sweepable import Sweepable
 
 NAME = "step-vs-flow"
 
@@ -53,9 +54,52 @@ SETTINGS = (
         "int",
         minimum=2,
     ),
+    Setting(
+        "steps",
+        2000,
+        "GD steps per run in `flowgap sweep` (its horizon is T = steps·lr)",
+        "int",
+        minimum=1,
+    ),
 )
 
-QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50)
+QUICK = dict(
+    n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50, steps=100
+)
+
+
+def point(settings, *, key, scale, lr):
+    """One sweep point: the plain diagonal net on the problem drawn by `key`, by
+    GD (`steps` steps of `lr`) and by the exact flow to the same time T = steps·lr.
+
+    **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
+    `gap` ‖θ_GD(T) − θ_GF(T)‖, `final_loss` (GD) and `status` (GD's, else GF's).
+    """
+    s = settings
+    problem = problems.sparse_recovery(key, n=s["n"], d=s["d"], sparsity=s["sparsity"])
+    model = models.DiagonalNet(s["d"], depth=s["depth"], scale=scale)
+    gd = dynamics.gradient_descent(
+        problem.loss, model, lr=lr, steps=s["steps"], save_every=s["steps"]
+    )
+    gf = dynamics.gradient_flow(
+        problem.loss,
+        model,
+        t1=s["steps"] * lr,
+        solver=diffrax.Dopri8(),
+        rtol=s["rtol"],
+        atol=s["atol"],
+    )
+    gd_status, gf_status = gd.result._value, gf.result._value
+    return dict(
+        recovery_error=jnp.linalg.norm(gd.final.end_to_end() - problem.truth),
+        flow_recovery_error=jnp.linalg.norm(gf.final.end_to_end() - problem.truth),
+        gap=_distance(gd.final, gf.final),
+        final_loss=gd.final_loss,
+        status=jnp.where(gd_status != 0, gd_status, gf_status),
+    )
+
+
+SWEEP = Sweepable(axes=("scale", "lr"), point=point, metric="gap")
 
 
 def _steps(t1: float, lr: float, saves: int) -> int:

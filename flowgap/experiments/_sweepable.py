@@ -14,7 +14,8 @@ class Sweepable:
 
     - `axes`: the float settings that may be grid axes. They reach `point` as traced
       scalars, so the whole grid compiles once. `seed` is always an extra axis
-      (`--seeds N`), turned into a key.
+      (`--seeds N`), turned into a key. An axis that is also a setting is checked
+      like that setting; any other (e.g. `lr`) must be finite and > 0.
     - `point`: `point(settings, *, key, **axes) -> dict[str, scalar array]`, one run
       of the experiment at one grid point. `settings` holds every other setting
       (static Python values); it must be vmappable in `key` and the axes, and its

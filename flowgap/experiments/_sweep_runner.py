@@ -1,0 +1,301 @@
+"""`flowgap sweep NAME`: one experiment's point function over a grid, as one
+compiled program, in a run folder that survives interruption and resumes."""
+
+import dataclasses
+import json
+import math
+import pathlib
+from importlib.metadata import version
+
+import jax
+import numpy as np
+
+from ..sweeps import SweepInterrupted, SweepResult, sweep
+from . import _registry
+from ._output import make_folder, run_folder, save_figure, write_json
+from ._settings import SettingError, resolve
+
+CHUNKS = "chunks"
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """A finished sweep of one experiment.
+
+    - `result`: the labelled `SweepResult` (axes: the grid's, then `seed`);
+    - `metric`: the output summarised by `table()` and `figure()`;
+    - `folder`: where it was written.
+    """
+
+    experiment: str
+    metric: str
+    result: SweepResult
+    folder: pathlib.Path
+
+    def summary(self) -> tuple[list, list, np.ndarray, np.ndarray]:
+        """(first axis, second axis or [None], mean of `metric` over the seeds and
+        any further axes counting successful runs only, failed-run counts)."""
+        values = np.asarray(self.result.values[self.metric], dtype=float)
+        failed = np.asarray(self.result.values["status"]) != 0
+        if values.ndim == 1 or len(self.result.axes) == 2:  # one axis and seeds
+            values, failed = values[:, None], failed[:, None]
+        keep = tuple(range(2, values.ndim))
+        masked = np.where(failed, np.nan, values)
+        with np.errstate(invalid="ignore"):
+            counts = np.sum(~failed, axis=keep)
+            mean = np.where(counts > 0, np.nansum(masked, axis=keep) / counts, np.nan)
+        names = list(self.result.axes)
+        rows = list(self.result.axes[names[0]])
+        cols = list(self.result.axes[names[1]]) if len(names) > 2 else [None]
+        return rows, cols, mean, np.sum(failed, axis=keep)
+
+    def table(self) -> str:
+        rows, cols, mean, failed = self.summary()
+        names = list(self.result.axes)
+        corner = f"{names[0]} \\ {names[1]}" if cols[0] is not None else names[0]
+        head = f"{corner:>16} " + " ".join(
+            f"{'' if c is None else format(c, '.3g'):>12}" for c in cols
+        )
+        lines = [f"mean {self.metric} over successful runs", head, "-" * len(head)]
+        for i, r in enumerate(rows):
+            cells = [
+                f"{'failed' if np.isnan(m) else format(m, '.3e'):>12}" for m in mean[i]
+            ]
+            lines.append(f"{r:>16.3g} " + " ".join(cells))
+        total = int(np.sum(failed))
+        size = int(np.prod(self.result.shape))
+        lines.append(f"\n{size - total} of {size} runs succeeded; {total} flagged")
+        return "\n".join(lines)
+
+    def figure(self):
+        """Heat map of the mean metric over the first two axes (a curve for one
+        axis); cells with failed runs are marked with their count."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import LogNorm
+
+        rows, cols, mean, failed = self.summary()
+        names = list(self.result.axes)
+        fig, ax = plt.subplots(figsize=(7, 5))
+        finite = mean[np.isfinite(mean)]
+        if cols[0] is None:
+            ax.plot(rows, mean[:, 0], "o-")
+            ax.set(xlabel=names[0], ylabel=self.metric)
+            if _log_spaced(rows):
+                ax.set_xscale("log")
+            if finite.size and np.all(finite > 0):
+                ax.set_yscale("log")
+        else:
+            norm = (
+                LogNorm(finite.min(), finite.max())
+                if finite.size and np.all(finite > 0) and finite.max() > finite.min()
+                else None
+            )
+            image = ax.imshow(mean, origin="lower", aspect="auto", norm=norm)
+            fig.colorbar(image, ax=ax, label=f"mean {self.metric}")
+            ax.set_xticks(range(len(cols)), [f"{c:.3g}" for c in cols], rotation=45)
+            ax.set_yticks(range(len(rows)), [f"{r:.3g}" for r in rows])
+            ax.set(xlabel=names[1], ylabel=names[0])
+            for i, j in zip(*np.nonzero(failed)):
+                ax.text(j, i, f"×{failed[i, j]}", ha="center", va="center", color="r")
+        seeds = len(self.result.axes["seed"])
+        ax.set_title(
+            f"{self.experiment}: {self.metric}, mean over {seeds} seed(s); "
+            "×k = k failed runs",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        return fig
+
+
+def _log_spaced(values) -> bool:
+    v = np.asarray(values, dtype=float)
+    if v.size < 3 or np.any(v <= 0):
+        return False
+    steps = np.diff(np.log(v))
+    return bool(np.allclose(steps, steps[0], rtol=1e-6))
+
+
+def _sweepable(name):
+    experiment = _registry.get(name)
+    if experiment.sweep is None:
+        sweepable = [e for e, x in _registry.EXPERIMENTS.items() if x.sweep]
+        raise SettingError(
+            f"experiment `{name}` cannot be swept; sweepable: {', '.join(sweepable)}"
+        )
+    return experiment
+
+
+def _check_grid(experiment, grid: dict, settings: dict) -> dict:
+    if not grid:
+        raise SettingError(
+            f"give at least one --grid axis; sweepable for {experiment.name}: "
+            + ", ".join(experiment.sweep.axes)
+        )
+    known = {s.name: s for s in experiment.settings}
+    checked = {}
+    for axis, values in grid.items():
+        if axis not in experiment.sweep.axes:
+            raise SettingError(
+                f"`--grid` axis `{axis}` cannot be swept in {experiment.name}; "
+                f"sweepable: {', '.join(experiment.sweep.axes)}"
+            )
+        values = np.atleast_1d(np.asarray(values, dtype=float))
+        if values.ndim != 1 or values.size == 0:
+            raise SettingError(f"`--grid` axis `{axis}` must be a non-empty list")
+        for value in values:
+            if axis in known:
+                known[axis].check(float(value))
+            elif not (np.isfinite(value) and value > 0):
+                raise SettingError(f"`--grid` axis `{axis}` must be > 0, got {value:g}")
+        checked[axis] = values
+    return checked
+
+
+def _point_function(experiment, settings):
+    point = experiment.sweep.point
+
+    def fn(seed, **axes):
+        return point(settings, key=jax.random.key(seed), **axes)
+
+    return fn
+
+
+def run_sweep(
+    name: str,
+    *,
+    grid: dict,
+    seeds: int = 1,
+    quick: bool = False,
+    dtype: str = "float64",
+    overrides: dict | None = None,
+    out=None,
+    force: bool = False,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> SweepRun:
+    """Sweep experiment `name` over `grid` × seeds 0…seeds−1, writing a run folder.
+
+    The folder holds `settings.json` (everything needed to resume), `chunks/`
+    (one atomic npz per finished chunk), and at the end `sweep.npz` (labelled,
+    `flowgap.sweeps.load_sweep`), `sweep.nc` (netCDF, when xarray is installed),
+    `summary.json` and `figure.png`. Interrupted, it leaves `partial.npz`
+    (unfinished runs NaN) and `status.json`; `resume_sweep(folder)` continues.
+    """
+    experiment = _sweepable(name)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SettingError(f"`--seeds` must be a positive integer, got {seeds!r}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 1
+    ):
+        raise SettingError(
+            f"`--chunk-size` must be a positive integer, got {chunk_size!r}"
+        )
+    _registry.set_precision(dtype)
+    chosen = {**(experiment.quick if quick else {}), **(overrides or {})}
+    settings = resolve(experiment.settings, chosen)
+    axes = _check_grid(experiment, grid, settings)
+    devices = len(jax.devices())
+    per_chunk = math.ceil(chunk_size / devices) * devices
+    folder = make_folder(run_folder(f"sweep-{name}", out, force))
+    record = dict(
+        kind="sweep",
+        experiment=name,
+        flowgap=version("flowgap"),
+        dtype=dtype,
+        quick=quick,
+        settings=settings,
+        # pairs, not a dict: JSON files are written with sorted keys
+        grid=[[k, v.tolist()] for k, v in axes.items()],
+        seeds=seeds,
+        runs_per_chunk=per_chunk,
+        devices=devices,
+    )
+    write_json(folder / "settings.json", record)
+    return _execute(experiment, record, folder, progress)
+
+
+def resume_sweep(folder, *, progress: bool = True) -> SweepRun:
+    """Continue the sweep in `folder` (finished chunks are loaded, not rerun), so
+    the final result is bitwise that of an uninterrupted run on the same machine."""
+    folder = pathlib.Path(folder)
+    path = folder / "settings.json"
+    if not path.is_file():
+        raise SettingError(f"`--resume` {folder}: no settings.json; not a sweep folder")
+    record = json.loads(path.read_text())
+    if record.get("kind") != "sweep":
+        raise SettingError(f"`--resume` {folder} holds a run, not a sweep")
+    experiment = _sweepable(record["experiment"])
+    devices = len(jax.devices())
+    if record["runs_per_chunk"] % devices:
+        raise SettingError(
+            f"`--resume` {folder}: its chunks of {record['runs_per_chunk']} runs "
+            f"cannot be split over this machine's {devices} devices"
+        )
+    _registry.set_precision(record["dtype"])
+    record["settings"] = resolve(
+        experiment.settings,
+        {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in record["settings"].items()
+        },
+    )
+    return _execute(experiment, record, folder, progress)
+
+
+def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
+    grid = {k: np.asarray(v, dtype=float) for k, v in record["grid"]}
+    grid["seed"] = np.arange(record["seeds"])
+    fn = _point_function(experiment, record["settings"])
+    try:
+        result = sweep(
+            fn,
+            grid,
+            chunk_size=record["runs_per_chunk"],
+            checkpoint=folder / CHUNKS,
+            progress=progress,
+        )
+    except SweepInterrupted as stop:
+        stop.partial.save(folder / "partial.npz")
+        write_json(
+            folder / "status.json",
+            dict(state="interrupted", chunks_done=stop.done, chunks_total=stop.total),
+        )
+        raise
+    run = SweepRun(experiment.name, experiment.sweep.metric, result, folder)
+    result.save(folder / "sweep.npz")
+    _maybe_netcdf(result, folder / "sweep.nc")
+    rows, cols, mean, failed = run.summary()
+    write_json(
+        folder / "summary.json",
+        dict(
+            metric=run.metric,
+            axes=list(result.axes)[:2],
+            rows=[float(r) for r in rows],
+            columns=[None if c is None else float(c) for c in cols],
+            mean=[[None if np.isnan(m) else float(m) for m in row] for row in mean],
+            failed=failed.astype(int).tolist(),
+        ),
+    )
+    figure = run.figure()
+    save_figure(folder / "figure.png", figure)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    (folder / "partial.npz").unlink(missing_ok=True)
+    write_json(folder / "status.json", dict(state="complete"))
+    return run
+
+
+def _maybe_netcdf(result: SweepResult, path: pathlib.Path) -> None:
+    try:
+        dataset = result.to_xarray()
+    except ImportError:  # xarray is the optional `sweeps` extra
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    dataset.to_netcdf(tmp)
+    tmp.replace(path)

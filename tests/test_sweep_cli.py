@@ -1,0 +1,137 @@
+"""`flowgap sweep`: labelled results, a heat map, and a run folder that survives
+SIGTERM/SIGINT and resumes to the bit-identical result."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from flowgap._cli import main
+from flowgap.experiments import EXPERIMENTS
+from flowgap.experiments._settings import resolve
+from flowgap.sweeps import load_sweep
+
+# 24 chunks of one run each, so a signal lands while most are still to do
+ARGS = [
+    "sweep",
+    "step-vs-flow",
+    "--quick",
+    "--grid",
+    "scale=1e-3:1:6:log",
+    "--grid",
+    "lr=0.02,0.05,0.1,2.0",
+    "--chunk-size",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference") / "run"
+    assert main([*ARGS, "--out", str(folder)]) == 0
+    return folder
+
+
+def _arrays(path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_labelled_grid_summary_and_figure(reference, capsys):
+    result = load_sweep(reference / "sweep.npz")
+    assert list(result.axes) == ["scale", "lr", "seed"]
+    assert np.allclose(result.axes["scale"], np.geomspace(1e-3, 1, 6), rtol=1e-15)
+    assert np.array_equal(result.axes["lr"], [0.02, 0.05, 0.1, 2.0])
+    assert result.values["gap"].shape == (6, 4, 1)
+    # lr = 2 diverges at every scale (flagged); smaller rates do not
+    assert np.all(result.values["status"][:, 3] != 0)
+    assert np.all(result.values["status"][:, :3] == 0)
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["failed"] == [[0, 0, 0, 1]] * 6
+    assert all(row[3] is None for row in summary["mean"])
+    # each cell is the run at its own coordinates (vmapped vs solo: round-off)
+    experiment = EXPERIMENTS["step-vs-flow"]
+    settings = resolve(experiment.settings, experiment.quick)
+    for i, j in [(0, 0), (2, 1), (5, 2)]:
+        solo = experiment.sweep.point(
+            settings,
+            key=jax.random.key(0),
+            scale=result.axes["scale"][i],
+            lr=result.axes["lr"][j],
+        )
+        for name, value in solo.items():
+            assert np.isclose(result.values[name][i, j, 0], value, rtol=1e-12)
+    assert (reference / "figure.png").stat().st_size > 10_000
+    assert json.loads((reference / "status.json").read_text()) == {"state": "complete"}
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_killed_sweep_resumes_bit_for_bit(reference, tmp_path, stop, capsys):
+    folder = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowgap", *ARGS, "--out", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = folder / "chunks" / "chunk-00000.npz"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no chunk was written in 120 s"
+        time.sleep(0.005)
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + stop
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"flowgap sweep --resume {folder}" in lines[0]
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    assert 1 <= status["chunks_done"] < status["chunks_total"] == 24
+    partial = load_sweep(folder / "partial.npz")  # loadable; unfinished runs NaN
+    done = np.isfinite(partial.values["final_loss"]).sum()
+    assert done == status["chunks_done"] - 1 or done == status["chunks_done"]
+    assert not (folder / "sweep.npz").exists()
+
+    assert main(["sweep", "--resume", str(folder), "--no-progress"]) == 0
+    resumed, uninterrupted = (
+        _arrays(folder / "sweep.npz"),
+        _arrays(reference / "sweep.npz"),
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        assert resumed[name].tobytes() == uninterrupted[name].tobytes(), name
+    assert not (folder / "partial.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sweep", "step-vs-flow", "--grid", "scale=1:2"], "`--grid` axis `scale`"),
+        (["sweep", "step-vs-flow", "--grid", "scale="], "`--grid` axis `scale`"),
+        (["sweep", "step-vs-flow", "--grid", "scale=0:1:3:log"], "`scale`"),
+        (["sweep", "step-vs-flow", "--grid", "scale=1:2:0"], "NUM"),
+        (["sweep", "step-vs-flow", "--grid", "scale=-1,2"], "`scale`"),
+        (["sweep", "step-vs-flow", "--grid", "depth=2,3"], "`depth`"),
+        (["sweep", "step-vs-flow", "--grid", "lr=0,1"], "`lr`"),
+        (["sweep", "step-vs-flow", "--grid", "lr=a"], "`lr`"),
+        (["sweep", "step-vs-flow"], "--grid"),
+        (["sweep", "step-vs-flow", "--grid", "lr=1", "--seeds", "0"], "`--seeds`"),
+        (["sweep", "step-vs-flow", "--grid", "lr=1", "--chunk-size", "0"], "chunk"),
+        (["sweep", "gap", "--grid", "lr=1"], "cannot be swept"),
+        (["sweep", "nope", "--grid", "lr=1"], "unknown experiment"),
+        (["sweep", "--resume", "/nonexistent/run"], "`--resume`"),
+        (["sweep"], "NAME or --resume"),
+        (["sweep", "--resume", "x", "--grid", "lr=1"], "drop --grid"),
+    ],
+)
+def test_bad_sweep_input_is_one_line_and_exit_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
