@@ -135,3 +135,14 @@ def test_bad_sweep_input_is_one_line_and_exit_2(args, needle, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_netcdf_matches_npz(reference):
+    xarray = pytest.importorskip("xarray")  # the optional `sweeps` extra
+    with xarray.open_dataset(reference / "sweep.nc") as dataset:
+        result = load_sweep(reference / "sweep.npz")
+        assert list(dataset.sizes) == ["scale", "lr", "seed"]
+        for axis, values in result.axes.items():
+            assert np.array_equal(dataset[axis].values, values)
+        for name, values in result.values.items():
+            assert np.array_equal(dataset[name].values, values, equal_nan=True)
