@@ -1,5 +1,6 @@
 import functools
 
+from .._checks import positive_scalar
 from ..models import (
     MLP,
     POSITIVELY_HOMOGENEOUS,
@@ -22,6 +23,7 @@ def known(model, problem=None, *, ratio=1.0) -> dict:
     rate ratio `ratio` = ρ the model is trained at. An empty dict means none is
     claimed (e.g. a tanh `TwoLayer`).
     """
+    ratio = positive_scalar("ratio", ratio)
     laws = {}
     inputs = None if problem is None else problem.inputs
     if isinstance(model, DiagonalNet):

@@ -84,10 +84,10 @@ def _placement(devices):
 
 def sweep(
     fn,
-    grid: dict,
+    grid,
     *,
-    chunk_size: int | None = None,
-    max_memory: int | float | None = None,
+    chunk_size=None,
+    max_memory=None,
     checkpoint=None,
     progress: bool = True,
 ) -> SweepResult:
