@@ -10,6 +10,7 @@ from . import invariants as invariants
 from . import models as models
 from . import problems as problems
 from . import sweeps as sweeps
+from ._precision import PrecisionWarning as PrecisionWarning
 from .dynamics import (
     RESULTS as RESULTS,
 )

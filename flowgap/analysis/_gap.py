@@ -8,18 +8,25 @@ import numpy as np
 
 from .. import dynamics
 from .._checks import positive_scalar
+from .._precision import warn_if_unresolved
 from ._fit import loglog_slope
 
 _NAMES = {0: "GF", 1: "order-1 modified flow", 2: "order-2 modified flow"}
 
 
 def parameter_distance(a, b) -> float:
-    """‖a − b‖₂ over the trainable (inexact array) leaves of two models."""
+    """‖a − b‖₂ over the trainable (inexact array) leaves of two models.
+
+    In float32 (or coarser) a distance within 10 ulps of the parameters' own norm
+    is round-off, and a `PrecisionWarning` says so (once)."""
     la = jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))
     lb = jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))
     if len(la) != len(lb) or any(x.shape != y.shape for x, y in zip(la, lb)):
         raise ValueError("the two models have different parameter structures.")
-    return float(jnp.sqrt(sum(jnp.sum((x - y) ** 2) for x, y in zip(la, lb))))
+    distance = float(jnp.sqrt(sum(jnp.sum((x - y) ** 2) for x, y in zip(la, lb))))
+    size = float(jnp.sqrt(sum(jnp.sum(x**2) for x in la)))
+    warn_if_unresolved("the step–flow gap", distance, size, jnp.result_type(*la))
+    return distance
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ from ._results import (
     SolverError as SolverError,
 )
 from ._saves import log_save_steps as log_save_steps
+from ._stability import StabilityWarning as StabilityWarning
+from ._stability import check_stability as check_stability
 from ._stopping import (
     AbstractStopCondition as AbstractStopCondition,
 )

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import positive_int, positive_scalar
+from .._precision import warn_if_unresolved
 from ._flat import as_vector, flat_rates, flatten
 
 
@@ -91,8 +92,11 @@ def check_conserved(
 
 
 def relative_drift(q, trajectory) -> float:
-    """max over finite saves of ‖Q(θ(t)) − Q(θ(0))‖_∞ / ‖Q(θ(0))‖_∞."""
+    """max over finite saves of ‖Q(θ(t)) − Q(θ(0))‖_∞ / ‖Q(θ(0))‖_∞ (with a
+    `PrecisionWarning` when, in float32, that is within 10 ulps of 1)."""
     finite = np.flatnonzero(np.isfinite(np.asarray(trajectory.loss)))
     values = jnp.stack([as_vector(q, trajectory[i]) for i in finite])
     scale = jnp.maximum(jnp.max(jnp.abs(values[0])), jnp.finfo(values.dtype).tiny)
-    return float(jnp.max(jnp.abs(values - values[0])) / scale)
+    drift = float(jnp.max(jnp.abs(values - values[0])) / scale)
+    warn_if_unresolved("the relative drift of an invariant", drift, 1.0, values.dtype)
+    return drift

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import positive_scalar
+from .._precision import warn_if_unresolved
 from ._flat import as_vector, flat_rates, flatten
 from ._symmetry import RescaleSymmetry, ScaleSymmetry, _blocks
 
@@ -74,6 +75,12 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None) -> DriftReport:
 
     taylor, leading = jax.jit(jax.vmap(one))(thetas[:-1], steps)
     values = jax.vmap(qv)(thetas)
+    warn_if_unresolved(
+        "the GD drift of an invariant",
+        jnp.max(jnp.abs(values - values[0])),
+        jnp.max(jnp.abs(values[0])),
+        values.dtype,
+    )
     zero = jnp.zeros_like(values[:1])
     return DriftReport(
         ts=np.asarray(trajectory.ts[:last]),

@@ -1,0 +1,84 @@
+"""Numerical hygiene: float32 results at round-off level are flagged, and
+learning rates beyond 2/sharpness are warned about when asked."""
+
+import warnings
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowgap
+from flowgap import _precision, analysis, dynamics, invariants, models
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_state():
+    _precision._WARNED.clear()
+    yield
+    _precision._WARNED.clear()
+
+
+def _shift(model, relative):
+    """`model` with every parameter scaled by 1 + `relative`."""
+    return eqx.tree_at(
+        lambda m: (m.u, m.v),
+        model,
+        (model.u * (1 + relative), model.v * (1 + relative)),
+    )
+
+
+def test_float32_gap_at_round_off_warns_once():
+    net = models.DiagonalNet(4, scale=1.0, dtype=jnp.float32)
+    close = _shift(net, 2 * float(jnp.finfo(jnp.float32).eps))
+    with pytest.warns(flowgap.PrecisionWarning, match="float32 resolution"):
+        analysis.parameter_distance(net, close)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analysis.parameter_distance(net, close)  # once per kind of measurement
+
+
+def test_resolved_or_float64_gaps_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net32 = models.DiagonalNet(4, scale=1.0, dtype=jnp.float32)
+        analysis.parameter_distance(net32, _shift(net32, 1e-3))  # 8000 ulps
+        net64 = models.DiagonalNet(4, scale=1.0)
+        analysis.parameter_distance(net64, _shift(net64, 1e-15))  # float64: never
+
+
+def test_float32_invariant_drift_at_round_off_warns():
+    # a flow that does not move: its invariant's drift is exactly 0, unresolved
+    net = models.DiagonalNet(3, scale=1.0, dtype=jnp.float32)
+    traj = flowgap.gradient_descent(
+        lambda m: jnp.sum(m.end_to_end()) * 0, net, lr=0.1, steps=10
+    )
+    with pytest.warns(flowgap.PrecisionWarning, match="relative drift"):
+        drift = invariants.relative_drift(invariants.diagonal_balance, traj)
+    assert drift == 0.0
+
+
+def _quadratic():
+    """L(θ) = ½ θᵀAθ, A = diag(1, 4): sharpness exactly 4."""
+    return (lambda theta: 0.5 * jnp.sum(jnp.array([1.0, 4.0]) * theta**2)), jnp.ones(2)
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.25])
+def test_stability_threshold_is_two_over_sharpness(rate):
+    # L = ½ θᵀAθ with A = diag(1, 4): sharpness 4; with rates P = `rate`,
+    # the threshold for lr is 2 / (4·rate), exact up to Lanczos round-off
+    loss, model = _quadratic()
+    limit = 2 / (4 * rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        below = dynamics.check_stability(loss, model, lr=0.99 * limit, rates=rate)
+    assert np.isclose(below, 0.99 * 2, rtol=1e-12)
+    with pytest.warns(dynamics.StabilityWarning, match="2/sharpness"):
+        above = dynamics.check_stability(loss, model, lr=1.01 * limit, rates=rate)
+    assert np.isclose(above, 1.01 * 2, rtol=1e-12)
+
+
+def test_stability_check_rejects_bad_lr():
+    loss, model = _quadratic()
+    with pytest.raises(ValueError, match="`lr`"):
+        dynamics.check_stability(loss, model, lr=0.0)
