@@ -47,9 +47,18 @@ def test_labelled_and_equal_to_solo_runs():
 
 def test_chunks_compile_once_and_agree():
     TRACES.clear()
-    whole = sweep(run, GRID, progress=False)
-    chunked = sweep(run, GRID, chunk_size=4, progress=False)
+    fresh = lambda **point: run(**point)  # noqa: E731 (not compiled by other tests)
+    whole = sweep(fresh, GRID, progress=False)
+    chunked = sweep(fresh, GRID, chunk_size=4, progress=False)
     assert len(TRACES) == 2  # one trace per compiled chunk size, not per chunk
+    again = sweep(
+        fresh,
+        {"scale": [0.5], "lr": [0.02], "seed": [3, 4, 5, 6]},
+        chunk_size=4,
+        progress=False,
+    )
+    assert len(TRACES) == 2  # a new grid, same chunk size: the same program
+    assert again.shape == (1, 1, 4)
     for key in whole.values:
         # different batch sizes may reassociate the batched matvec: round-off only
         assert np.allclose(whole.values[key], chunked.values[key], rtol=1e-12)

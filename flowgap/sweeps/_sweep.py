@@ -1,5 +1,6 @@
 import math
 import pathlib
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,26 @@ class SweepInterrupted(KeyboardInterrupt):
         super().__init__(f"sweep interrupted after {done} of {total} chunks{where}")
         self.done, self.total = done, total
         self.checkpoint, self.partial = checkpoint, partial
+
+
+_BATCHED = weakref.WeakKeyDictionary()
+
+
+def _batched(fn):
+    """`jit(vmap(fn))` over a dict of run axes, kept per `fn`, so sweeping the same
+    function again (another grid of the same chunk size) reuses its program."""
+    try:
+        cached = _BATCHED.get(fn)
+    except TypeError:  # not weakly referenceable: no cache
+        cached = None
+    if cached is not None:
+        return cached
+    batched = jax.jit(jax.vmap(lambda p: fn(**p)))
+    try:
+        _BATCHED[fn] = batched
+    except TypeError:
+        pass
+    return batched
 
 
 def _chunk_size(batched, points, max_memory, devices):
@@ -123,7 +144,7 @@ def sweep(
     points = flat_points(axes)
     total = len(next(iter(points.values())))
     devices = jax.devices()
-    batched = jax.jit(jax.vmap(lambda p: fn(**p)))
+    batched = _batched(fn)
     if chunk_size is None:
         size = _chunk_size(batched, points, max_memory, len(devices))
     else:
