@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"  # forced host devices, also beside a GPU
     import jax
 
     jax.config.update("jax_enable_x64", True)
