@@ -135,11 +135,34 @@ def sharpness(
     return (values, vectors) if return_vectors else values
 
 
-def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None):
+def _flat_mask(model, mask, theta):
+    """`mask` (a model-shaped pytree of 0/1 floating arrays) flattened in the order
+    of θ; None stays None."""
+    if mask is None:
+        return None
+    flat, _ = ravel_pytree(eqx.filter(mask, eqx.is_inexact_array))
+    if flat.shape != theta.shape:
+        raise ValueError(
+            "`mask` must be shaped like the model: a floating array for each of its "
+            f"trainable arrays ({theta.shape[0]} entries in all), got {flat.shape[0]} "
+            "entries; build it e.g. with `jax.tree.map(jnp.zeros_like, model)` and "
+            "`eqx.tree_at`."
+        )
+    return flat.astype(theta.dtype)
+
+
+def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None, mask=None):
     r"""‖∇²_θ f(θ; x)‖₂, the spectral norm of the predictor's Hessian in the
     parameters at one input x (the quantity bounded for weight-normalised networks,
     Cisneros-Velarde et al. 2024), as max(|λ_max|, |λ_min|) of Lanczos on
     Hessian-vector products. f must be scalar (a single output).
+
+    `mask` (optional) restricts θ to a block B of the parameters: a pytree shaped
+    like `model` (e.g. `jax.tree.map(jnp.zeros_like, model)` with the block set
+    to 1 by `eqx.tree_at`) holding 1 on B and 0 elsewhere. Lanczos then runs on
+    M∇²f M, M = diag(mask), whose spectral norm is that of the diagonal block
+    ∇²_B f (the other parameters held fixed). The mask is traced, so several blocks
+    can be measured under one `jax.vmap` with a single compilation.
     """
 
     def f(m):
@@ -154,9 +177,14 @@ def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None):
     theta, hvp = _flat_problem(f, model)
     dim = theta.shape[0]
     iters = min(dim, 64) if iters is None else positive_int("iters", iters)
-    values, _ = lanczos(
-        lambda v: hvp(theta, v), _start(theta, init, key), min(iters, dim)
-    )
+    flat_mask = _flat_mask(model, mask, theta)
+    # without a mask the weight is 1.0, and × 1.0 is exact: results are unchanged
+    weight = 1.0 if flat_mask is None else flat_mask
+
+    def matvec(v):
+        return weight * hvp(theta, weight * v)
+
+    values, _ = lanczos(matvec, weight * _start(theta, init, key), min(iters, dim))
     return jnp.max(jnp.abs(values))
 
 
