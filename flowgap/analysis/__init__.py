@@ -12,6 +12,7 @@ from ._curvature import (
 from ._curvature import (
     track_sharpness as track_sharpness,
 )
+from ._effective_scale import effective_scale as effective_scale
 from ._fit import loglog_slope as loglog_slope
 from ._gap import (
     GapTable as GapTable,
