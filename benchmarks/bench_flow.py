@@ -2,7 +2,8 @@
 
 Run: `.venv/bin/python benchmarks/bench_flow.py [--quick]`. A full run prints the
 tables below and appends them, with the date, machine and load, to
-`benchmarks/RESULTS.md`; `--quick` (easy case only, short ladders) only prints.
+`benchmarks/RESULTS.md`; `--quick` (easy case only, 3-rung GD ladder; 26 s at load
+6) only prints.
 
 Problem: `problems.sparse_recovery(key(0), 40, 200, sparsity=5)`, depth-2
 `DiagonalNet` (helpers from `bench_core.py`), float64; the flow dθ/dt = −∇L(θ),
