@@ -1,3 +1,6 @@
+import functools
+import math
+
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
@@ -57,6 +60,43 @@ def _any_run(pred):
 
 def _tree_where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+# Below this many steps a loop is one plain scan: its reverse-mode residuals are
+# bounded by this constant anyway, and short loops stay exactly as before.
+_CHECKPOINT_MIN_STEPS = 64
+
+
+def scan_steps(body, carry, first, length: int):
+    r"""`length` steps `carry = body(carry, k)[0]` for k = first, first + 1, …,
+    as a scan whose reverse-mode memory grows like O(√length), not O(length).
+
+    The steps run in B = ⌈√length⌉ blocks of B steps (plus one shorter block), an
+    outer scan over blocks whose body is `jax.checkpoint`-ed: differentiating
+    stores only the carry at each block start (√length states) and, while one
+    block is being differentiated, that block's B per-step residuals. The price
+    is one extra forward pass in the backward sweep (≈ 4/3 of plain reverse-mode
+    cost for a gradient-dominated step). A forward-only run (no derivative, or
+    `jax.jvp`/`jax.jacfwd`) executes the same steps in the same order with no
+    recomputation: `jax.checkpoint` is a no-op outside reverse mode.
+    """
+    if length < _CHECKPOINT_MIN_STEPS:
+        return lax.scan(body, carry, first + jnp.arange(length))[0]
+    block = math.isqrt(length - 1) + 1
+    count, rest = divmod(length, block)
+
+    def run(carry, start, size):
+        return lax.scan(body, carry, start + jnp.arange(size))[0]
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def full_block(carry, start):
+        return run(carry, start, block), None
+
+    carry = lax.scan(full_block, carry, first + block * jnp.arange(count))[0]
+    if rest:
+        tail = jax.checkpoint(lambda c: run(c, first + count * block, rest))
+        carry = tail(carry)
+    return carry
 
 
 @eqx.filter_jit
@@ -129,9 +169,9 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
         its start, which finds the exact step; the replay runs only then (see
         `_any_run`)."""
         value = value_fn(state.params)
-        params, opt_state = lax.scan(
-            plain_step, (state.params, state.opt_state), state.step + jnp.arange(stride)
-        )[0]
+        params, opt_state = scan_steps(
+            plain_step, (state.params, state.opt_state), state.step, stride
+        )
         end_value = value_fn(params)
         bad = any_nonfinite(params) | ~jnp.isfinite(end_value)
         if max_loss is not None:
@@ -148,7 +188,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
         )
 
         def replay(start):
-            return lax.scan(one_step, start, None, length=stride)[0]
+            return scan_steps(one_step, start, start.step, stride)
 
         redo = (active & bad) | ~active
         state = lax.cond(
@@ -171,7 +211,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
                 if stride > 1:
                     state = lax.cond(
                         state.result == RESULTS.successful,
-                        lambda s: lax.scan(one_step, s, None, length=stride - 1)[0],
+                        lambda s: scan_steps(one_step, s, s.step, stride - 1),
                         lambda s: s,
                         state,
                     )
@@ -183,6 +223,10 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config):
                 )
             return state, saved
 
+        if stride > 1:
+            # Reverse mode then stores one state per save, not the block starts
+            # of every chunk (see `scan_steps`).
+            chunk = jax.checkpoint(chunk, prevent_cse=False)
         return lax.scan(chunk, state, jnp.arange(count))
 
     dtype = jnp.result_type(*jax.tree.leaves(params))

@@ -60,6 +60,17 @@ def _solve(
     def vector_field(t, y, args):
         return make_field(*args)(y)
 
+    backsolve = isinstance(adjoint, diffrax.BacksolveAdjoint)
+    if backsolve:
+        # BacksolveAdjoint takes a single plain SaveAt (no subs, no events): t1 is
+        # appended to `ts` and split off below.
+        saveat = diffrax.SaveAt(ts=jnp.concatenate([ts, t1[None]]))
+    else:
+        # Save at `ts` and at the final time reached, so a stopped or failed solve
+        # still hands back where it got to.
+        saveat = diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], dense=dense
+        )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
@@ -68,11 +79,7 @@ def _solve(
         dt0=dt0,
         y0=params,
         args=(loss, static, rates, lr),
-        # Save at `ts` and at the final time reached, so a stopped or failed solve
-        # still hands back where it got to.
-        saveat=diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], dense=dense
-        ),
+        saveat=saveat,
         stepsize_controller=diffrax.PIDController(
             rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff
         ),
@@ -84,9 +91,14 @@ def _solve(
             diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
         ),
     )
-    saved = sol.ys[0]
-    final = jax.tree.map(lambda y: y[-1], sol.ys[1])
-    stop_time = sol.ts[1][-1]
+    if backsolve:
+        saved = jax.tree.map(lambda y: y[:-1], sol.ys)
+        final = jax.tree.map(lambda y: y[-1], sol.ys)
+        stop_time = t1
+    else:
+        saved = sol.ys[0]
+        final = jax.tree.map(lambda y: y[-1], sol.ys[1])
+        stop_time = sol.ts[1][-1]
     value_fn = scalar_loss(loss, static)
     final_loss = value_fn(final)
 
@@ -159,6 +171,44 @@ def _failure_message(traj: Trajectory, t1, rtol, atol, max_steps, solver) -> str
 
 
 _DEFAULT_ADJOINT = diffrax.RecursiveCheckpointAdjoint()
+_ADJOINTS = (
+    diffrax.RecursiveCheckpointAdjoint,
+    diffrax.BacksolveAdjoint,
+    diffrax.ForwardMode,
+    diffrax.DirectAdjoint,
+)
+
+
+def _in_forward_mode(tree) -> bool:
+    """True when some leaf is being differentiated by `jax.jvp`/`jax.jacfwd`
+    (a JVP tracer; reverse mode traces with linearize tracers instead)."""
+    return any(
+        isinstance(leaf, jax.interpreters.ad.JVPTracer)
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def choose_adjoint(adjoint, inputs, *, stop_when, dense):
+    """The Diffrax adjoint for a solve (see `gradient_flow`): None picks
+    `ForwardMode()` under forward-mode differentiation of `inputs`, else
+    `RecursiveCheckpointAdjoint()`."""
+    if adjoint is None:
+        return diffrax.ForwardMode() if _in_forward_mode(inputs) else _DEFAULT_ADJOINT
+    if not isinstance(adjoint, _ADJOINTS):
+        raise TypeError(
+            "`adjoint` must be None or one of diffrax.RecursiveCheckpointAdjoint(), "
+            "diffrax.BacksolveAdjoint(), diffrax.ForwardMode() or "
+            f"diffrax.DirectAdjoint(); got {type(adjoint).__name__}."
+        )
+    if isinstance(adjoint, diffrax.BacksolveAdjoint) and (
+        stop_when is not None or dense
+    ):
+        raise ValueError(
+            "`adjoint=diffrax.BacksolveAdjoint()` supports neither `stop_when` "
+            "(Diffrax events) nor `dense=True`; use the default "
+            "RecursiveCheckpointAdjoint()."
+        )
+    return adjoint
 
 
 def _evaluations(solver, num_steps):
@@ -223,7 +273,9 @@ def integrate(
         raise TypeError(
             f"`solver` must be a diffrax solver, got {type(solver).__name__}."
         )
-    adjoint = _DEFAULT_ADJOINT if adjoint is None else adjoint
+    adjoint = choose_adjoint(
+        adjoint, (params, loss, rates, lr, t1), stop_when=stop_when, dense=dense
+    )
     controller = (_coefficient("pcoeff", pcoeff), _coefficient("icoeff", icoeff))
     config = (solver, max_steps, adjoint, bool(progress), make_field, bool(dense))
     traj = _solve(
@@ -294,8 +346,27 @@ def gradient_flow(
     - `rates`: P, as for `gradient_descent`.
     - `stop_when`: a stop condition (`LossBelow`, `GradNormBelow`) checked after
       every step as a `diffrax.Event`; the solve ends with `event_occurred`.
-    - `adjoint`: Diffrax adjoint for reverse-mode differentiation (default
-      `RecursiveCheckpointAdjoint()`).
+    - `adjoint`: how the solve is differentiated. Default (None):
+      `diffrax.RecursiveCheckpointAdjoint()` for reverse mode (`jax.grad`,
+      `jax.jacrev`), switched to `diffrax.ForwardMode()` automatically when the
+      call itself is under `jax.jvp`/`jax.jacfwd` (inside your own `jax.jit`,
+      pass `ForwardMode()` explicitly). Which to use:
+
+      * `RecursiveCheckpointAdjoint()` (default): the exact derivative of the
+        numerical solution ("discretise, then differentiate"), with binomial
+        (treeverse) checkpointing, so memory is O(log N) states for N solver
+        steps at the price of O(log N) recomputation; the best choice for
+        gradients of a scalar w.r.t. many inputs. Its accuracy is that of the
+        forward solve (the derivative of the solver's map, not of the exact
+        flow): measured on a quadratic, see the README.
+      * `diffrax.BacksolveAdjoint()`: the continuous adjoint, solved backwards
+        in time; O(1) memory, but the gradient is only as accurate as the
+        backward solve (it re-integrates θ backwards, which is unstable for a
+        contracting flow) and it supports neither `stop_when` nor `dense`.
+      * `diffrax.ForwardMode()`: forward-mode (`jax.jvp`/`jax.jacfwd`) through
+        the solver's steps; cost ∝ the number of input directions, memory
+        O(1); right for a few hyperparameters (α, η, ρ) and many outputs.
+        Reverse mode is not supported by it.
     - `throw`: raise `SolverError` on solver failure (otherwise the status is on
       the result).
     - `progress`: Diffrax's tqdm progress meter.
