@@ -340,11 +340,13 @@ def _plain_from(problem, depth, scale, s):
 
 def _effective_prediction(problem, depth, values, s):
     """Plain flow limit from the measured α_eff of the stacked polar net, over the
-    grid (depth ≥ 3, which has no closed form)."""
+    grid (for depth ≥ 3, which has no closed form, and where the depth-2 dual
+    solve fails)."""
     alpha = values["alpha_eff"][..., 0]
-    # α_eff can be absurdly small (exp(−ρr²/2)); the plain depth-L flow from there
-    # plateaus for ~1/α^{L−2} and does not finish: no prediction there.
-    usable = np.isfinite(alpha) & (alpha > 1e-6)
+    # α_eff can be absurdly small (exp(−ρr²/2)). From there the plain depth-L flow
+    # plateaus for ~1/α^{L−2} (depth ≥ 3) and does not finish, and at depth 2 the
+    # weights sit below the solver's atol: no prediction there.
+    usable = np.isfinite(alpha) & (alpha > (1e-8 if depth == 2 else 1e-6))
     safe = np.where(usable, alpha, 1.0).ravel()
     beta = jax.jit(jax.vmap(lambda a: _plain_from(problem, depth, a, s)))(
         jnp.asarray(safe)
@@ -498,10 +500,13 @@ def _theory(problem, family, depth, method, values, s):
         # No α_eff law here: the u and v mirrors integrate the residual weighted
         # by r_u² and r_v², which differ, so the limit is no plain-net limit.
         return dict(error=nan, gap=nan)
-    elif depth == 2:
-        theory = _woodworth(problem, np.asarray(values["alpha_eff"][..., 0]))
     else:
-        theory = _effective_prediction(problem, depth, values, s)
+        theory = np.full(values["beta"].shape, np.nan)
+        if depth == 2:
+            theory = _woodworth(problem, np.asarray(values["alpha_eff"][..., 0]))
+        if np.any(np.isnan(theory)):  # depth ≥ 3, or where the dual solve failed
+            flow = _effective_prediction(problem, depth, values, s)
+            theory = np.where(np.isnan(theory), flow, theory)
     ok = np.asarray(values["status"]) == dynamics.RESULTS.event_occurred._value
     error = np.where(ok, np.linalg.norm(theory - truth, axis=-1), np.nan)
     return dict(error=error, gap=np.where(ok, _relative(beta, theory), np.nan))
@@ -635,9 +640,11 @@ def _figure(result):
     for family in families:
         for depth in depths:
             tag = f"{family}/L{depth}/gf"
-            ax.loglog(
-                scales,
-                c[f"{tag}/recovery_error"][:, col(family, "gf")],
+            _errors(
+                ax,
+                c,
+                tag,
+                col(family, "gf"),
                 styles[depth],
                 marker="o",
                 color=colours[family],
@@ -661,7 +668,7 @@ def _figure(result):
     ax.set(
         xlabel="init scale α",
         ylabel="‖β_∞ − β*‖",
-        title="gradient flow: recovery error",
+        title="gradient flow: recovery error (hollow: not converged)",
     )
     ax.legend(fontsize=6.5)
 
@@ -672,9 +679,11 @@ def _figure(result):
                 continue
             for depth in depths:
                 tag = f"{family}/L{depth}/{method}"
-                ax.loglog(
-                    scales,
-                    c[f"{tag}/recovery_error"][:, col(family, method)],
+                _errors(
+                    ax,
+                    c,
+                    tag,
+                    col(family, method),
                     styles[depth],
                     marker=markers[method],
                     color=colours[family],
@@ -683,7 +692,8 @@ def _figure(result):
     ax.set(
         xlabel="init scale α",
         ylabel="‖β_∞ − β*‖",
-        title=f"discrete (step {s['step']:g}× plain stability bound, ρ={s['ratio']:g})",
+        title=f"discrete, step {s['step']:g}× plain bound, ρ={s['ratio']:g} "
+        "(hollow: not converged)",
     )
     ax.legend(fontsize=6.5)
 
@@ -746,6 +756,23 @@ def _figure(result):
     )
     fig.tight_layout()
     return fig
+
+
+def _errors(ax, c, tag, column, style, **kwargs):
+    """Recovery error against α: converged runs joined by a line, the others as
+    hollow markers."""
+    scales = c["scales"]
+    error = c[f"{tag}/recovery_error"][:, column]
+    ok = c[f"{tag}/status"][:, column] == dynamics.RESULTS.event_occurred._value
+    (line,) = ax.loglog(scales, np.where(ok, error, np.nan), style, **kwargs)
+    ax.loglog(
+        scales[~ok],
+        error[~ok],
+        linestyle="none",
+        marker=kwargs.get("marker"),
+        markerfacecolor="none",
+        color=line.get_color(),
+    )
 
 
 def _heat_map(ax, result, method, depth):
