@@ -379,6 +379,15 @@ def _hessian_along(traj_models, x, key, iters):
     )
 
 
+def _width_axis(ax, widths):
+    """Log axis with ticks at the measured widths (no minor labels to collide)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks(list(widths))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _fit(widths, values):
     values = np.asarray(values, float)
     if len(widths) < 2 or not np.all(np.isfinite(values) & (values > 0)):
@@ -454,18 +463,18 @@ class WNHessianResult:
             f"gradient descent (depth {self.settings['probe_depth']}, lr = "
             f"{self.settings['lr']:g}, 2/lr = {2 / self.settings['lr']:g}):",
             f"{'width':>6} {'net':>5} {'λ(0)':>7} {'max λ':>7} {'‖H‖(0)':>8} "
-            f"{'‖H‖(T)':>8} {'min‖v‖ 0→T':>17} {'final loss':>10}  status",
+            f"{'‖H‖(T)':>8} {'min‖v‖ growth':>13} {'final loss':>10}  status",
         ]
         for r in (r for r in self.rows if r["study"] == "gd"):
             growth = (
-                f"{r['min_v_start']:.4g}→{r['min_v_end']:.4g}"
+                f"{r['min_v_end'] / r['min_v_start'] - 1:+.2e}"
                 if r["net"] == "WN"
                 else ""
             )
             lines.append(
                 f"{r['width']:>6} {r['net']:>5} {r['sharpness_start']:>7.4g} "
                 f"{r['max_sharpness']:>7.4g} {r['hessian_start']:>8.4g} "
-                f"{r['hessian_end']:>8.4g} {growth:>17} {r['final_loss']:>10.3e}  "
+                f"{r['hessian_end']:>8.4g} {growth:>13} {r['final_loss']:>10.3e}  "
                 f"{r['status']}"
             )
         return "\n".join(lines)
@@ -493,6 +502,7 @@ class WNHessianResult:
                     f"p={fits[key]['slope']:.2f}",
                 )
         ax.set(xlabel="width m", ylabel="‖∇²_θ f(x)‖₂", title="full predictor Hessian")
+        _width_axis(ax, widths)
         ax.legend(fontsize=7)
         ax = axes[0, 1]
         for depth, colour in zip(depths, colours):
@@ -511,7 +521,10 @@ class WNHessianResult:
                     label=f"depth {depth} {label}{slope}",
                 )
         ax.set(xlabel="width m", ylabel="norm", title="WN: Hessian blocks and floor")
-        ax.legend(fontsize=6)
+        _width_axis(ax, widths)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 30)  # room for the legend above the floor
+        ax.legend(fontsize=6, ncol=3, loc="upper center")
         ax = axes[0, 2]
         min_v = self.curves["probe/min_v"]
         for key, style, label in (
@@ -552,6 +565,7 @@ class WNHessianResult:
                     label=f"depth {depth} {label}: p={fits[key]['slope']:.2f}",
                 )
         ax.set(xlabel="width m", ylabel="λ_max(∇²L)", title="loss sharpness at init")
+        _width_axis(ax, widths)
         ax.legend(fontsize=7)
         gd_widths = self.curves.get("gd_widths", ())
         shades = plt.cm.plasma(np.linspace(0.1, 0.75, len(gd_widths)))
