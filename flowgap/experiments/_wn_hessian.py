@@ -458,6 +458,9 @@ class WNHessianResult:
                 f"{r['wn_v']:>9.4g} {r['factor'] ** 2 * r['wn_v']:>9.6g} "
                 f"{r['wn_gb']:>8.5g} {r['function_change']:>8.1e}"
             )
+        gd_rows = [r for r in self.rows if r["study"] == "gd"]
+        if not gd_rows:
+            return "\n".join(lines)
         lines += [
             "",
             f"gradient descent (depth {self.settings['probe_depth']}, lr = "
@@ -465,7 +468,7 @@ class WNHessianResult:
             f"{'width':>6} {'net':>5} {'λ(0)':>7} {'max λ':>7} {'‖H‖(0)':>8} "
             f"{'‖H‖(T)':>8} {'min‖v‖ growth':>13} {'final loss':>10}  status",
         ]
-        for r in (r for r in self.rows if r["study"] == "gd"):
+        for r in gd_rows:
             growth = (
                 f"{r['min_v_end'] / r['min_v_start'] - 1:+.2e}"
                 if r["net"] == "WN"
