@@ -29,3 +29,10 @@ from ._implicit_bias import (
 from ._implicit_bias import (
     woodworth_potential as woodworth_potential,
 )
+from ._implicit_derivative import (
+    woodworth_limit_derivative as woodworth_limit_derivative,
+)
+from ._sensitivity import Sensitivity as Sensitivity
+from ._sensitivity import sensitivity as sensitivity
+from ._tune import TuneResult as TuneResult
+from ._tune import tune as tune
