@@ -670,7 +670,7 @@ def _figure(result):
         ylabel="‖β_∞ − β*‖",
         title="gradient flow: recovery error (hollow: not converged)",
     )
-    ax.legend(fontsize=6.5)
+    _legend_on_top(ax)
 
     ax = axes[0, 1]
     for family in families:
@@ -695,7 +695,7 @@ def _figure(result):
         title=f"discrete, step {s['step']:g}× plain bound, ρ={s['ratio']:g} "
         "(hollow: not converged)",
     )
-    ax.legend(fontsize=6.5)
+    _legend_on_top(ax)
 
     ax = axes[0, 2]
     for family in families:
@@ -746,7 +746,7 @@ def _figure(result):
         ylabel=f"GD steps to L < {s['tol']:g}",
         title=f"discrete: steps to converge (budget {s['steps']})",
     )
-    ax.legend(fontsize=6.5)
+    _legend_on_top(ax)
 
     for ax, method in zip(axes[1, 1:], ("gf", "rpgd")):
         _heat_map(ax, result, method, depths[0])
@@ -756,6 +756,14 @@ def _figure(result):
     )
     fig.tight_layout()
     return fig
+
+
+def _legend_on_top(ax):
+    """Legend in two columns above the data (the log y-range is widened by 10⁴
+    upwards), so it never hides a point."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 1e4)
+    ax.legend(fontsize=6, ncol=2, loc="upper center")
 
 
 def _errors(ax, c, tag, column, style, **kwargs):
