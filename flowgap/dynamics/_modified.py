@@ -74,7 +74,11 @@ def modified_flow(
     - order 2: adds η²[(1/12)f''(f, f) + (1/3)f'f'f]; GD stays O(η³) close.
 
     with f = −P∇L (see `modified_field`). `lr` is traced: a new value never
-    recompiles. GD at step `lr` and this flow share the clock t = k·lr.
+    recompiles, and the solve is differentiable in it (as in the initial model,
+    `rates` and the loss's data): `jax.grad` through the `adjoint` (default
+    `RecursiveCheckpointAdjoint`), `jax.jvp`/`jax.jacfwd` through
+    `diffrax.ForwardMode`, picked automatically (see `gradient_flow`). GD at
+    step `lr` and this flow share the clock t = k·lr.
 
     **Returns:** a `Trajectory`, as from `gradient_flow`.
     """

@@ -189,6 +189,7 @@ class SensitivityResult:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
 
         c = self.curves
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
@@ -216,6 +217,8 @@ class SensitivityResult:
             title="agreement of the three routes",
         )
         ax.legend(fontsize=8)
+        for ax in axes[:2]:
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax = axes[2]
         ax.plot(c["tune_error"], "o-", color="C3")
         best = int(np.argmin(c["tune_error"]))
