@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -6,6 +7,7 @@ from .._checks import positive_scalar
 from ._implicit_bias import woodworth_limit
 
 
+@eqx.filter_jit
 def woodworth_limit_derivative(
     inputs: Float[Array, "n d"], targets: Float[Array, " n"], scale
 ) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
