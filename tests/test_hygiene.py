@@ -82,3 +82,33 @@ def test_stability_check_rejects_bad_lr():
     loss, model = _quadratic()
     with pytest.raises(ValueError, match="`lr`"):
         dynamics.check_stability(loss, model, lr=0.0)
+
+
+def test_gradient_descent_checks_stability_when_asked():
+    loss, model = _quadratic()
+    with pytest.warns(dynamics.StabilityWarning):
+        flowgap.gradient_descent(loss, model, lr=0.6, steps=3, check_stability=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flowgap.gradient_descent(loss, model, lr=0.4, steps=3, check_stability=True)
+        flowgap.gradient_descent(loss, model, lr=0.6, steps=3)  # off by default
+
+
+def test_float32_model_flows_in_float32_under_x64():
+    # L = ½‖β − b‖² from u = v = 1: mixed dtypes must not reach Diffrax's
+    # controller; the float32 solve (rtol 1e-5) tracks the float64 one
+    target = jnp.array([1.0, 0.0, 2.0])
+    flows = {}
+    for dtype in (jnp.float32, jnp.float64):
+        net = models.DiagonalNet(3, scale=1.0, dtype=dtype)
+        flows[dtype] = flowgap.gradient_flow(
+            lambda m: 0.5 * jnp.sum((m.end_to_end() - target.astype(dtype)) ** 2),
+            net,
+            t1=1.0,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    low, high = flows[jnp.float32], flows[jnp.float64]
+    assert low.final.u.dtype == jnp.float32 and low.ts.dtype == jnp.float32
+    # solver tolerance 1e-5 relative, amplified at most ×10 over t1 = 1
+    assert np.allclose(low.final.u, high.final.u, rtol=1e-4)

@@ -16,6 +16,7 @@ from ._common import check_loss, scalar_loss, split_model, stacked_model
 from ._rates import check_rates, precondition
 from ._results import RESULTS, DivergenceError
 from ._saves import saved_steps, schedule
+from ._stability import check_stability as stability_check
 from ._stopping import any_nonfinite, check_stop_condition
 from ._trajectory import Trajectory, fill_after_stop
 
@@ -369,6 +370,7 @@ def gradient_descent(
     throw: bool = False,
     progress: bool = False,
     layerwise=None,
+    check_stability: bool = False,
 ) -> Trajectory:
     r"""Full-batch gradient descent as one jitted, scan-based program.
 
@@ -410,6 +412,10 @@ def gradient_descent(
       is not plain GF: each block moves once per B steps, so to first order in η
       it is the gradient flow at rate 1/B, `gradient_flow(..., rates=1/B)`
       (times 1/B on top of any `rates`), which layer-wise GD tracks to O(η).
+    - `check_stability`: before running, compute η·λ_max(P^½∇²L(θ₀)P^½) by
+      Lanczos on Hessian-vector products and warn (`StabilityWarning`) when it is
+      ≥ 2, where GD is linearly unstable at θ₀ and leaves the flow (needs a
+      concrete `lr`; see `flowgap.dynamics.check_stability`).
 
     **Returns:** a `Trajectory` with `ts = k·lr` at the saved steps. A run that
     diverges at step k (L(θ_k) non-finite or above `max_loss`, or θ_{k} not
@@ -427,12 +433,19 @@ def gradient_descent(
     steps = positive_int("steps", steps)
     segments = schedule(steps, save_every, save_steps)
     params, static = split_model(model)
-    rates = check_rates(rates, model)
+    rates_in, rates = rates, check_rates(rates, model)
     stop_when = check_stop_condition(stop_when)
     max_loss = None if max_loss is None else positive_scalar("max_loss", max_loss)
     if projection is not None and not callable(projection):
         raise TypeError("`projection` must be None or a callable model -> model.")
     blocks = _layer_blocks(layerwise, model, params)
+    if check_stability:
+        if not is_concrete(lr):
+            raise ValueError(
+                "`check_stability=True` needs a concrete `lr` (not traced under "
+                "jit/vmap/grad); call `flowgap.dynamics.check_stability` outside."
+            )
+        stability_check(loss, model, lr=lr, rates=rates_in)
     config = (segments, _check_optimizer(optimizer), projection, bool(progress), blocks)
     bar = _progress.open_bar(steps, "gradient descent") if progress else None
     try:

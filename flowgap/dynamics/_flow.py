@@ -261,11 +261,13 @@ def integrate(
     dtype = jnp.result_type(*jax.tree.leaves(params))
     t1 = t1.astype(dtype)
     ts = _check_ts(ts, t1).astype(dtype)
-    rtol = positive_scalar("rtol", rtol)
-    atol = positive_scalar("atol", atol)
+    # times and tolerances in the parameters' dtype: a float32 model under x64
+    # would otherwise mix float64 into Diffrax's step-size controller state
+    rtol = positive_scalar("rtol", rtol).astype(dtype)
+    atol = positive_scalar("atol", atol).astype(dtype)
     max_steps = positive_int("max_steps", max_steps)
     if dt0 is not None:
-        dt0 = positive_scalar("dt0", dt0)
+        dt0 = positive_scalar("dt0", dt0).astype(dtype)
     rates = check_rates(rates, model)
     stop_when = check_stop_condition(stop_when)
     solver = diffrax.Tsit5() if solver is None else solver
