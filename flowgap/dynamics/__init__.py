@@ -15,6 +15,7 @@ from ._results import (
 from ._results import (
     SolverError as SolverError,
 )
+from ._saddle_skip import saddle_skip as saddle_skip
 from ._saves import log_save_steps as log_save_steps
 from ._stability import StabilityWarning as StabilityWarning
 from ._stability import check_stability as check_stability
