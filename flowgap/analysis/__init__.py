@@ -34,5 +34,9 @@ from ._implicit_derivative import (
 )
 from ._sensitivity import Sensitivity as Sensitivity
 from ._sensitivity import sensitivity as sensitivity
+from ._stages import Stage as Stage
+from ._stages import alignment_ratio as alignment_ratio
+from ._stages import detect_stages as detect_stages
+from ._stages import numerical_rank as numerical_rank
 from ._tune import TuneResult as TuneResult
 from ._tune import tune as tune

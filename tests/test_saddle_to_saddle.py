@@ -1,0 +1,84 @@
+"""Saddle-to-saddle: stage detection, one rank per stage, the finite-step
+slowdown per plateau, and unit alignment (science.md §6)."""
+
+import numpy as np
+import pytest
+
+from flowgap import analysis, experiments
+
+
+def test_detects_a_synthetic_staircase():
+    # L(t) = 1 + Σ_k h_k (1 − sigmoid((t − c_k)/w)): drops centred at c_k
+    ts = np.linspace(0, 100, 2001)
+    centres, heights = (20.0, 50.0, 80.0), (4.0, 2.0, 1.0)
+    loss = 0.01 + sum(
+        h / (1 + np.exp((ts - c) / 1.0)) for c, h in zip(centres, heights)
+    )
+    stages = analysis.detect_stages(ts, loss)
+    assert len(stages) == 3
+    for stage, centre in zip(stages, centres):
+        assert stage.start < centre < stage.end
+        assert stage.end - stage.start < 15  # the drops, not the plateaus
+    # plateau levels between the stages
+    assert np.isclose(stages[0].loss_after, 3.01, rtol=0.05)
+    assert np.isclose(stages[1].loss_after, 1.01, rtol=0.05)
+
+
+def test_rank_and_alignment_helpers_are_exact_on_known_matrices():
+    assert analysis.numerical_rank(np.diag([3.0, 1.0, 1e-5])) == 2
+    assert analysis.numerical_rank(np.zeros((2, 2))) == 0
+    coefficient = np.array([[2.0, 0.0], [0.0, 1.0]])  # top pair: e₁, e₁
+    w1 = np.array([[1.0, 0.0], [1.0, 0.1]])
+    w2 = np.array([[1.0, 1.0], [0.0, 0.0]])
+    # unit 0 = (1, 0, 1, 0) is exactly along e = (1, 0, 1, 0)/√2
+    ratio = analysis.alignment_ratio(w1, w2, coefficient)
+    assert ratio[0] <= 1e-15  # zero up to the SVD's round-off
+    assert np.isclose(ratio[1], 0.1 / np.sqrt(2), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    result, _ = experiments.run(
+        "saddle-to-saddle", quick=True, save=False, progress=False
+    )
+    return result
+
+
+def test_one_stage_per_teacher_rank_on_both_clocks(quick):
+    rank = quick.settings["teacher_rank"]
+    for scale in quick.settings["scales"]:
+        for clock in ("gd", "gf"):
+            stages = quick.stages("linear", scale, clock)
+            assert len(stages) == rank
+            assert [s["rank_after"] for s in stages] == list(range(1, rank + 1))
+            # each stage ends on a lower plateau
+            losses = [s["loss_after"] for s in stages]
+            assert all(np.diff(losses) < 0)
+
+
+def test_finite_step_slowdown_per_plateau(quick):
+    # GD/GF ratio of escape-time slopes against δ = −ln α is ησ/ln(1 + ησ) per
+    # mode; the tolerance is the save-spacing quantisation of the stage starts
+    fits = quick.fits["slowdown"]
+    assert len(fits) == quick.settings["teacher_rank"]
+    for f in fits:
+        assert abs(f["measured_ratio"] - f["predicted_ratio"]) <= f["tolerance"]
+        assert f["measured_ratio"] > 1  # GD is slower on every plateau
+
+
+def test_units_align_on_the_first_plateau_and_layers_go_rank_one(quick):
+    # ratio ~ e^{−(σ₁−σ₂)t} at escape: far below 1
+    assert quick.fits["alignment_at_first_escape"] < 1e-2
+    assert quick.curves["alignment"][0] > 1  # random init: not aligned
+    assert len(quick.fits["layerwise_stages"]) >= 1
+    assert quick.fits["layerwise_plateau_ratio"] < 0.1
+
+
+def test_bad_scales_name_the_setting():
+    with pytest.raises(ValueError, match="`scales`"):
+        experiments.run(
+            "saddle-to-saddle",
+            quick=True,
+            overrides={"scales": "1e-8,1e-4"},
+            save=False,
+        )
