@@ -12,6 +12,14 @@ from ._registry import (
 from ._registry import (
     run as run,
 )
+from ._saddle_to_saddle import SaddleToSaddleResult as SaddleToSaddleResult
+from ._sensitivity import SensitivityResult as SensitivityResult
 from ._settings import Setting as Setting
 from ._settings import SettingError as SettingError
 from ._step_vs_flow import StepVsFlowResult as StepVsFlowResult
+from ._sweep_runner import SweepRun as SweepRun
+from ._sweep_runner import resume_sweep as resume_sweep
+from ._sweep_runner import run_sweep as run_sweep
+from ._sweepable import Sweepable as Sweepable
+from ._wn_hessian import WNHessianResult as WNHessianResult
+from ._wn_robust_bias import WNRobustBiasResult as WNRobustBiasResult
