@@ -41,7 +41,7 @@ SETTINGS = (
     Setting("lr", 0.1, "GD learning rate η", positive=True),
     Setting("t1", 200.0, "horizon (time units t = kη)", positive=True),
     Setting(
-        "layerwise_steps", 3000, "steps of layer-wise GD (3-layer)", "int", minimum=1
+        "layerwise_steps", 6000, "steps of layer-wise GD (3-layer)", "int", minimum=1
     ),
     Setting("layerwise_scale", 0.01, "init scale of the 3-layer net", positive=True),
 )
