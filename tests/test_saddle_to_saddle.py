@@ -24,6 +24,20 @@ def test_detects_a_synthetic_staircase():
     assert np.isclose(stages[1].loss_after, 1.01, rtol=0.05)
 
 
+def test_a_loss_spike_is_not_a_stage():
+    # a GD catapult: the loss jumps up on the last plateau and falls back to it;
+    # the fall reaches no new low, so it is not a stage
+    ts = np.linspace(0, 100, 2001)
+    loss = 0.01 + sum(
+        h / (1 + np.exp((ts - c) / 1.0)) for c, h in zip((20.0, 50.0), (4.0, 2.0))
+    )
+    loss = loss + 1.0 * np.exp(-(((ts - 80.0) / 0.5) ** 2))
+    stages = analysis.detect_stages(ts, loss)
+    assert len(stages) == 2
+    for stage, centre in zip(stages, (20.0, 50.0)):
+        assert stage.start < centre < stage.end
+
+
 def test_rank_and_alignment_helpers_are_exact_on_known_matrices():
     assert analysis.numerical_rank(np.diag([3.0, 1.0, 1e-5])) == 2
     assert analysis.numerical_rank(np.zeros((2, 2))) == 0

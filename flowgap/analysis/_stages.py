@@ -28,14 +28,16 @@ def detect_stages(
 ) -> list[Stage]:
     r"""Split a loss curve into plateaus and loss-decrease stages.
 
-    With ℓ = ln L on the saves and its rate r_i = −(ℓ_{i+1} − ℓ_i)/(t_{i+1} − t_i),
-    a save interval is *moving* when r_i > `flat` · max_j r_j and *on a plateau*
-    otherwise. A stage is a maximal run of moving intervals whose total decrease
-    ℓ(start) − ℓ(end) exceeds `min_drop` nats (shorter runs are noise); the
-    stretches between stages are the plateaus. The threshold is relative, so the
-    split does not depend on the loss's or the clock's units. A final
-    exponential convergence (ℓ falling at a constant rate) is part of the last
-    stage.
+    With ℓ = ln L on the saves, its lower envelope m_i = min_{j ≤ i} ℓ_j and the
+    envelope's rate r_i = −(m_{i+1} − m_i)/(t_{i+1} − t_i) ≥ 0, a save interval is
+    *moving* when r_i > `flat` · max_j r_j and *on a plateau* otherwise. A stage
+    is a maximal run of moving intervals whose total decrease m(start) − m(end)
+    exceeds `min_drop` nats (shorter runs are noise). The envelope ignores a loss
+    spike (e.g. a GD catapult): its recovery reaches no new low, so it neither
+    counts as a stage nor sets the rate scale. The stretches between stages are
+    the plateaus. The threshold is relative, so the split does not depend on the
+    loss's or the clock's units. A final exponential convergence (ℓ falling at a
+    constant rate) is part of the last stage.
 
     `maps`: optional end-to-end maps at the saves (leading axis = saves); the
     rank after each stage counts singular values above `rank_tol` times the
@@ -57,12 +59,12 @@ def detect_stages(
     low = np.flatnonzero(loss < floor * loss[0])
     if low.size:
         ts, loss = ts[: low[0] + 1], loss[: low[0] + 1]
-    ell = np.log(loss)
-    rate = -np.diff(ell) / np.maximum(np.diff(ts), np.finfo(float).tiny)
+    envelope = np.minimum.accumulate(np.log(loss))
+    rate = -np.diff(envelope) / np.maximum(np.diff(ts), np.finfo(float).tiny)
     moving = rate > flat * np.max(rate)
     stages = []
     for first, last in _runs(moving):
-        drop = ell[first] - ell[last + 1]
+        drop = envelope[first] - envelope[last + 1]
         if drop > min_drop:
             end = last + 1
             rank = None if maps is None else numerical_rank(maps[end], rank_tol)
