@@ -214,6 +214,7 @@ def saddle_skip(
     `num_steps` (GD steps), `num_rounds` (jumps made) and, per saddle visited
     (origin first), `saddle_loss`, `saddle_rank` (the number of units in use,
     which is the rank of the end-to-end map), `saddle_eigenvalue` λ = σ₁(C),
+    `saddle_index` (the save holding that saddle: `traj[i]`),
     `saddle_grad_evals` (the clock there) and `stage_steps` (GD steps of each
     stage). `result` is `successful`, `max_steps_reached` (a stage did not
     converge) or `diverged`.
@@ -291,10 +292,12 @@ class _Log:
         self.steps = 0
         self.saddles = []
         self.stage_steps = []
+        self.saddle_saves = []
 
     def saddle(self, model, value, eigenvalue, units):
         self.evals += 1  # the gradient giving C
         self.saddles.append((value, units, eigenvalue, self.evals))
+        self.saddle_saves.append(len(self.saves) - 1)
 
     def jump(self, model, loss):
         self.saves.append((self.evals, split_model(model)[0], float(loss(model))))
@@ -312,6 +315,9 @@ class _Log:
                     float(traj.loss[i]),
                 )
             )
+        if self.saves[-1][0] < self.evals + taken:
+            final = split_model(traj.final)[0]
+            self.saves.append((self.evals + taken, final, float(traj.final_loss)))
         self.evals += taken
         self.steps += taken
         self.stage_steps.append(taken)
@@ -337,6 +343,7 @@ class _Log:
                 saddle_rank=jnp.asarray(saddles[:, 1].astype(int)),
                 saddle_eigenvalue=jnp.asarray(saddles[:, 2], dtype),
                 saddle_grad_evals=jnp.asarray(saddles[:, 3].astype(int)),
+                saddle_index=jnp.asarray(self.saddle_saves, dtype=int),
                 stage_steps=jnp.asarray(self.stage_steps, dtype=int),
             ),
         )
