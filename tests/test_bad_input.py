@@ -67,7 +67,12 @@ LIBRARY = [
     ("stop tol", lambda: dynamics.LossBelow(0.0), ValueError, "tol"),
     # models and problems
     ("dim zero", lambda: models.DiagonalNet(0, scale=0.1), ValueError, "dim"),
-    ("depth one", lambda: models.DiagonalNet(6, depth=1, scale=0.1), ValueError, "depth"),
+    (
+        "depth one",
+        lambda: models.DiagonalNet(6, depth=1, scale=0.1),
+        ValueError,
+        "depth",
+    ),
     ("scale zero", lambda: models.DiagonalNet(6, scale=0.0), ValueError, "scale"),
     (
         "activation unknown",
@@ -110,7 +115,9 @@ LIBRARY = [
     ),
     (
         "invariant ratio",
-        lambda: invariants.known(models.PolarDiagonalNet(6, scale=0.1), PROBLEM, ratio=-1.0),
+        lambda: invariants.known(
+            models.PolarDiagonalNet(6, scale=0.1), PROBLEM, ratio=-1.0
+        ),
         ValueError,
         "ratio",
     ),
