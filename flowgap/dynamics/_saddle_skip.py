@@ -306,7 +306,9 @@ class _Log:
         taken = int(traj.stats["num_grad_evals"])
         keep = np.isfinite(np.asarray(traj.loss))
         steps = np.rint(np.asarray(traj.ts)[keep] / self.lr).astype(int)
-        params = split_model(traj.models)[0]
+        # host copies: thousands of saves are sliced and stacked in numpy, not
+        # as thousands of device ops (a jnp.stack of N arrays compiles in O(N²))
+        params = jax.tree.map(np.asarray, split_model(traj.models)[0])
         for i, k in zip(np.flatnonzero(keep)[1:], steps[1:]):
             self.saves.append(
                 (
@@ -325,7 +327,9 @@ class _Log:
     def trajectory(self, final, loss, result) -> Trajectory:
         clock, params, values = zip(*self.saves)
         saddles = np.asarray(self.saddles, dtype=float).reshape(-1, 4)
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+        stacked = jax.tree.map(
+            lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *params
+        )
         dtype = jnp.result_type(*jax.tree.leaves(self.params))
         return Trajectory(
             ts=jnp.asarray(clock, dtype),
