@@ -711,7 +711,9 @@ def machine_info() -> str:
     )
 
 
-def append_results(info: str, body: str, wall: float, loads) -> None:
+def append_results(
+    info: str, body: str, wall: float, loads, script: str = "bench_core.py"
+) -> None:
     if not RESULTS.exists():
         RESULTS.write_text(
             "# flowgap benchmark results\n\n"
@@ -722,7 +724,7 @@ def append_results(info: str, body: str, wall: float, loads) -> None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     with RESULTS.open("a") as f:
         f.write(
-            f"\n## bench_core.py, {stamp}\n\n- {info}\n"
+            f"\n## {script}, {stamp}\n\n- {info}\n"
             f"- Load average (1 min) at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
             f"(other processes share the 2 cores); total run time {wall:.0f} s\n\n"
             f"```text\n{body}\n```\n"

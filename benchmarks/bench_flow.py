@@ -57,7 +57,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -70,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_core import (
     RESULTS,
+    append_results,
     machine_info,
     numpy_field,
     problem,
@@ -449,17 +449,6 @@ def bench_case(case: Case, cfg: Config) -> str:
 # -------------------------------------------------------------------- report
 
 
-def append_results(info: str, body: str, wall: float, loads) -> None:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with RESULTS.open("a") as f:
-        f.write(
-            f"\n## bench_flow.py, {stamp}\n\n- {info}\n"
-            f"- Load average (1 min) at start / end: {loads[0]:.2f} / {loads[1]:.2f} "
-            f"(other processes share the 2 cores); total run time {wall:.0f} s\n\n"
-            f"```text\n{body}\n```\n"
-        )
-
-
 def run(cfg: Config) -> None:
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     info = (
@@ -478,7 +467,9 @@ def run(cfg: Config) -> None:
     wall, load1 = time.perf_counter() - start, os.getloadavg()[0]
     print(f"total {wall:.0f} s; load average (1 min) at end: {load1:.2f}")
     if not cfg.quick:
-        append_results(info, "\n\n".join(sections), wall, (load0, load1))
+        append_results(
+            info, "\n\n".join(sections), wall, (load0, load1), "bench_flow.py"
+        )
         print(f"appended to {RESULTS}")
 
 

@@ -20,24 +20,12 @@ no TF32), measured in the same process. Target: >= 50% of it on a large sweep.
 import argparse
 import datetime
 import os
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_sweep import best  # the same min-of-rounds timer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def best(fn, rounds):
-    import jax
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(dtype: str, n: int, d: int, side: int, steps: int, rounds: int):
