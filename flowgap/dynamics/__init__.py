@@ -2,9 +2,27 @@
 
 from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
+from ._field import (
+    AbstractField as AbstractField,
+)
+from ._field import (
+    GradientField as GradientField,
+)
+from ._flat import FlatLayout as FlatLayout
 from ._flow import gradient_flow as gradient_flow
-from ._modified import modified_flow as modified_flow
-from ._momentum import momentum_flow as momentum_flow
+from ._modified import (
+    ModifiedField as ModifiedField,
+)
+from ._modified import (
+    modified_flow as modified_flow,
+)
+from ._momentum import (
+    MomentumField as MomentumField,
+)
+from ._momentum import (
+    momentum_flow as momentum_flow,
+)
+from ._objective import Objective as Objective
 from ._rates import uniform_rates as uniform_rates
 from ._results import (
     RESULTS as RESULTS,
@@ -14,6 +32,12 @@ from ._results import (
 )
 from ._results import (
     SolverError as SolverError,
+)
+from ._results import (
+    status_code as status_code,
+)
+from ._results import (
+    status_name as status_name,
 )
 from ._saddle_skip import saddle_skip as saddle_skip
 from ._saves import log_save_steps as log_save_steps

@@ -1,4 +1,4 @@
-"""Per-parameter rate multipliers P (science.md §1): GD θ ← θ − ηP∇L,
+"""Per-parameter rate multipliers P (docs: theory/one-clock): GD θ ← θ − ηP∇L,
 GF dθ/dt = −P∇L."""
 
 import equinox as eqx
@@ -70,3 +70,16 @@ def precondition(grads, rates):
     if rates is None:
         return grads
     return jax.tree.map(lambda g, p: g * p, grads, rates)
+
+
+def restrict_rates(rates, params):
+    """`rates` (from `check_rates`) on the trainable leaves only: None wherever
+    `params` is None, so a frozen floating-point leaf has no rate."""
+    if rates is None:
+        return None
+    return jax.tree.map(
+        lambda p, r: None if p is None else r,
+        params,
+        rates,
+        is_leaf=lambda x: x is None,
+    )

@@ -1,4 +1,6 @@
 import diffrax
+import jax
+import jax.numpy as jnp
 
 
 class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -34,3 +36,23 @@ class SolverError(RuntimeError):
     def __init__(self, message: str, trajectory=None):
         super().__init__(message)
         self.trajectory = trajectory
+
+
+def status_code(result) -> "jax.Array":
+    """The integer code of a `RESULTS` item (0 = `successful`), traceable, for
+    storing a run's status in an array (a sweep's `status` output, a `.npz`).
+    Under `jax.vmap` the item is batched and so is its code."""
+    return jnp.asarray(result._value)
+
+
+def status_name(code: int) -> str:
+    """The name of the `RESULTS` item with integer code `code` (e.g.
+    "successful", "event_occurred", "diverged", "max_steps_reached")."""
+    for name in _NAMES:
+        if int(getattr(RESULTS, name)._value) == int(code):
+            return name
+    raise ValueError(f"`code` {code!r} is not a flowgap.RESULTS code.")
+
+
+# Equinox enumerations keep their items by name here (the only place that reads it).
+_NAMES = tuple(RESULTS._name_to_item)
