@@ -14,7 +14,7 @@ program, ~0.4 GB on its own, the same for every row) and the wall time of one
 call (compilation included). MB = 2^20 bytes.
 
 - `flowgap`: the trainer as shipped: its loops run in ⌈√K⌉ `jax.checkpoint`-ed
-  blocks (`flowgap.dynamics._descent.scan_steps`), so reverse mode stores
+  blocks (`flowgap.dynamics._descent_loop.scan_steps`), so reverse mode stores
   O(√K) states.
 - `plain scan`: the same steps as one hand-written `lax.scan` (no
   checkpointing), whose reverse mode stores every step's residuals: O(K). Run at

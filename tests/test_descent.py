@@ -1,5 +1,7 @@
 import functools
 
+import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,10 +246,12 @@ def _bad_calls(key):
             lambda: flowgap.gradient_descent(problem.loss, {"a": 1}, lr=0.1, steps=10),
             "model",
         ),
+        (lambda: gd(lr=0.1, steps=10, progress_meter=True), "progress_meter"),
+        (lambda: gd(lr=0.1, steps=10, layerwise=[3]), "layerwise"),
     ]
 
 
-@pytest.mark.parametrize("index", range(21))
+@pytest.mark.parametrize("index", range(23))
 def test_bad_input_names_the_argument(key, index):
     call, name = _bad_calls(key)[index]
     # ours say `name`; under the test suite's runtime type checker, an annotated
@@ -256,13 +260,103 @@ def test_bad_input_names_the_argument(key, index):
         call()
 
 
-def test_progress_bar_runs(key, capsys):
+def test_text_progress_meter_reports_from_inside_the_run(key, capsys):
     _, _, loss = quadratic(3, key)
+    meter = diffrax.TextProgressMeter(minimum_increase=0.25)
     traj = flowgap.gradient_descent(
-        loss, jnp.ones(3), lr=0.1, steps=1000, save_every=10, progress=True
+        loss, jnp.ones(3), lr=0.1, steps=1000, save_every=10, progress_meter=meter
     )
+    jax.effects_barrier()
     assert traj.result == RESULTS.successful
-    assert "gradient descent" in capsys.readouterr().err
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "0.00%" and printed[-1] == "100.00%"
+    values = [float(p.rstrip("%")) for p in printed]
+    assert 4 <= len(values) <= 6 and values == sorted(values)  # every > 25 %
+
+
+@pytest.mark.parametrize("stop", [None, LossBelow(1e-1)])
+def test_tqdm_meter_under_vmap_and_grad(key, stop, capsys):
+    """The meter's state rides through the scan: a vmapped batch (one run
+    diverging) and a derivative both run with it and change nothing."""
+    _, _, loss = quadratic(4, key, lo=1.0, hi=2.0)
+    lrs = jnp.array([0.1, 0.5, 1.5])
+
+    def run(lr, meter=None):
+        return flowgap.gradient_descent(
+            lambda t: loss(t) + 10.0,
+            jnp.ones(4),
+            lr=lr,
+            steps=300,
+            save_every=100,
+            stop_when=stop,
+            progress_meter=meter,
+        )
+
+    tqdm = diffrax.TqdmProgressMeter(refresh_steps=2)
+    shown = jax.vmap(lambda lr: run(lr, tqdm))(lrs)
+    plain = jax.vmap(run)(lrs)
+    assert np.array_equal(shown.loss, plain.loss)
+    assert np.array_equal(shown.stats["stop_step"], plain.stats["stop_step"])
+    d_shown = jax.grad(lambda lr: run(lr, tqdm).final_loss)(0.1)
+    d_plain = jax.grad(lambda lr: run(lr).final_loss)(0.1)
+    assert d_shown == d_plain
+    jax.effects_barrier()
+    assert "100.00%" in capsys.readouterr().err
+
+
+class _TwoBlocks(eqx.Module):
+    """A user's model that names its own layers (the model protocol)."""
+
+    first: jax.Array
+    second: jax.Array
+
+    def layer_blocks(self):
+        return (lambda m: m.second, lambda m: m.first)
+
+    def __call__(self):
+        return jnp.concatenate([self.first, self.second])
+
+
+def test_layerwise_uses_the_model_protocol(key):
+    a, b, loss = quadratic(4, key)
+    model = _TwoBlocks(jnp.ones(2), jnp.ones(2))
+    traj = flowgap.gradient_descent(
+        lambda m: loss(m()), model, lr=0.1, steps=2, layerwise=True
+    )
+    grads = a @ jnp.ones(4) - b
+    # step 0 moves block 0 (`second`) only, step 1 block 1 (`first`)
+    assert np.array_equal(traj.models.first[1], model.first)
+    assert np.allclose(traj.models.second[1], 1 - 0.1 * grads[2:], atol=1e-15)
+    assert np.array_equal(traj.models.second[2], traj.models.second[1])
+    assert not np.array_equal(traj.models.first[2], model.first)
+
+
+def test_rates_apply_to_the_trainable_leaves_only(key):
+    """A frozen float leaf has no rate: scalar and pytree `rates` work with a
+    `trainable` filter, and the frozen leaf never moves."""
+    a, b, loss = quadratic(4, key)
+    model = _TwoBlocks(jnp.ones(2), jnp.ones(2))
+    frozen = _TwoBlocks(True, False)
+    p = jnp.array([1.0, 0.5])
+    traj = flowgap.gradient_descent(
+        lambda m: loss(m()), model, lr=0.1, steps=3, rates=2.0, trainable=frozen
+    )
+    tree = flowgap.gradient_descent(
+        lambda m: loss(m()),
+        model,
+        lr=0.1,
+        steps=3,
+        rates=_TwoBlocks(p, jnp.array(7.0)),
+        trainable=frozen,
+    )
+    theta, rho = jnp.ones(4), jnp.ones(4)
+    for _ in range(3):  # GD in `first` alone, at rate 2 (scalar) or p (pytree)
+        g = a @ theta - b
+        theta = theta.at[:2].add(-0.2 * g[:2])
+        rho = rho.at[:2].add(-0.1 * p * (a @ rho - b)[:2])
+    assert np.allclose(traj.final(), theta, atol=1e-14)
+    assert np.allclose(tree.final(), rho, atol=1e-14)
+    assert np.array_equal(traj.models.second, jnp.ones((4, 2)))
 
 
 def test_layerwise_descent(key):
@@ -315,7 +409,7 @@ def test_layerwise_descent(key):
         flowgap.gradient_descent(
             problem.loss, net, lr=0.1, steps=2, layerwise=[lambda m: m.weights[0]]
         )
-    with pytest.raises(ValueError, match="`layerwise=True`"):
+    with pytest.raises(ValueError, match="`layerwise=True`.*`layer_blocks"):
         flowgap.gradient_descent(
             problem.loss, DiagonalNet(3, scale=1.0), lr=0.1, steps=2, layerwise=True
         )
