@@ -76,6 +76,11 @@ def _case(name, key):
             None,
         ),
         "mlp-relu": (student, MLP(3, 5, 2, depth=2, activation="relu", key=k2), None),
+        "eqx-mlp-identity-scan": (
+            student,
+            eqx.nn.MLP(3, 2, 5, 3, activation=lambda z: z, scan=True, key=k2),
+            None,
+        ),
     }
     return cases[name]
 
@@ -91,6 +96,7 @@ CASES = [
     "two-layer-linear",
     "two-layer-relu",
     "mlp-relu",
+    "eqx-mlp-identity-scan",
 ]
 
 
@@ -111,6 +117,46 @@ def test_every_library_law_is_conserved(key, name):
         assert check.passed, (law_name, check.worst)
         # Dopri8 at 1e-12: drift is solver error, ~1e-11 here; bound 1e-8.
         assert inv.relative_drift(q, flow) <= 1e-8, law_name
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_declared_laws_are_the_public_functions(key, name):
+    """`known` takes each law from the model's `known_invariants`; where flowgap
+    also has a public function of that name, both give the same values."""
+    problem, model, rates = _case(name, key)
+    ratio = 1.0 if rates is None else float(rates.direction)
+    public = dict(
+        diagonal_mirror=lambda m: inv.diagonal_mirror(m, problem.inputs),
+        polar_mirror=lambda m: inv.polar_mirror(m, problem.inputs, ratio),
+    )
+    for law_name, q in inv.known(model, problem, ratio=ratio).items():
+        reference = public.get(law_name, getattr(inv, law_name))
+        # Same formula on the same values: equal up to round-off.
+        np.testing.assert_allclose(q(model), reference(model), rtol=1e-13, atol=1e-15)
+
+
+def test_equinox_mlp(key):
+    """eqx.nn.MLP: rescaling laws exactly when its hidden activation is positively
+    homogeneous; otherwise none, with errors naming the class's module path."""
+    relu = eqx.nn.MLP(3, 2, 4, 2, key=key)  # default activation: relu
+    student = teacher_student(key, n=12, d=3, teacher_width=2, out_dim=2)
+    law = inv.known(relu)["unit_rescaling"]
+    assert inv.check_conserved(law, student.loss, relu, key=key).passed
+    value = inv.unit_rescaling(relu)
+    a, b, _ = relu.layers
+    first = jnp.sum(a.weight**2, axis=1) + a.bias**2 - jnp.sum(b.weight**2, axis=0)
+    assert value.shape == (8,) and np.allclose(value[:4], first, rtol=1e-14)
+    no_bias = eqx.nn.MLP(
+        3, 2, 4, 1, activation=jax.nn.leaky_relu, use_bias=False, key=key
+    )
+    assert inv.known(no_bias).keys() == {"unit_rescaling"}
+    assert inv.unit_rescaling(no_bias).shape == (4,)
+    tanh = eqx.nn.MLP(3, 2, 4, 2, activation=jnp.tanh, key=key)
+    assert inv.known(tanh) == {}
+    with pytest.raises(ValueError, match=r"`unit_rescaling`.*equinox\.nn\._mlp\.MLP"):
+        inv.unit_rescaling(tanh)
+    with pytest.raises(ValueError, match=r"equinox\.nn\._mlp\.MLP"):
+        inv.count_conservation_laws(relu, key=key)
 
 
 def test_wrong_candidates_fail(key):

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgap import models
 from flowgap.models import (
     MLP,
     DeepLinear,
@@ -112,3 +113,71 @@ def test_same_key_same_bits(key):
 def test_bad_input(key, build, name):
     with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
         build(key)
+
+
+@pytest.mark.parametrize(
+    "build, slope",
+    [
+        (lambda k: TwoLayer(3, 4, 2, activation="linear", scale=0.1, key=k), 1.0),
+        (lambda k: TwoLayer(3, 4, 2, activation="tanh", scale=0.1, key=k), 1.0),
+        (lambda k: DeepLinear((3, 5, 4, 2), scale=0.1, key=k), 1.0),
+    ],
+)
+def test_add_unit_adds_a_rank_one_piece(key, build, slope):
+    """From the origin, `add_unit(j, u, v, ε)` makes the linearisation at 0 (the
+    Jacobian of x ↦ f(x) at x = 0) equal to ε·u vᵀ, through every layer."""
+    net = build(key)
+    units, sigma_slope, shape = net.saddle_units()
+    assert sigma_slope == slope and shape == (2, 3)
+    assert units == 4
+    zero = jax.tree.map(jnp.zeros_like, net)
+    left, right = jnp.array([0.6, 0.8]), jnp.array([1.0, 2.0, 2.0]) / 3.0
+    on = zero.add_unit(1, left, right, 0.3)
+    linearisation = jax.jacobian(on)(jnp.zeros(3))
+    np.testing.assert_allclose(linearisation, 0.3 * jnp.outer(left, right), rtol=1e-14)
+    assert all(not np.array_equal(a, 0) for a in jax.tree.leaves(on))
+    # A second unit adds its own piece: units are independent paths.
+    left2, right2 = jnp.array([0.8, -0.6]), jnp.array([2.0, -1.0, 2.0]) / 3.0
+    both = on.add_unit(0, left2, right2, 0.2)
+    expected = 0.3 * jnp.outer(left, right) + 0.2 * jnp.outer(left2, right2)
+    # O(1) entries formed by a few products: round-off, so 1e-15 absolute.
+    np.testing.assert_allclose(
+        jax.jacobian(both)(jnp.zeros(3)), expected, rtol=1e-14, atol=1e-15
+    )
+
+
+def test_saddle_units_need_a_saddle(key):
+    relu = TwoLayer(3, 4, 2, activation="relu", scale=0.1, key=key)
+    with pytest.raises(ValueError, match="`model`"):
+        relu.saddle_units()
+    with pytest.raises(ValueError, match="`model`"):
+        DeepLinear((3, 2), scale=0.1, key=key).saddle_units()
+
+
+@pytest.mark.parametrize(
+    "build, count",
+    [
+        (lambda k: DeepLinear((3, 5, 4, 2), scale=0.1, key=k), 3),
+        (lambda k: TwoLayer(3, 4, 2, activation="tanh", scale=0.1, key=k), 2),
+        (lambda k: MLP(3, 4, 2, depth=2, key=k), 3),
+        (lambda k: MLP(3, 4, 2, depth=2, weight_norm=True, key=k), 3),
+        (lambda k: eqx.nn.MLP(3, 2, 4, 2, key=k), 3),
+    ],
+)
+def test_layer_blocks_partition_the_parameters(key, build, count):
+    net = build(key)
+    blocks = models.model_method(net, "layer_blocks")()
+    assert len(blocks) == count
+    params = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))
+    chosen = [id(a) for block in blocks for a in jax.tree.leaves(block(net))]
+    assert sorted(chosen) == sorted(id(a) for a in params)
+
+
+def test_protocol_is_documented():
+    """Every protocol method is described in the one place that lists them, and
+    each flowgap model defines only protocol methods it documents there."""
+    doc = models._protocol.__doc__
+    for name in models.PROTOCOL:
+        assert f"`{name}(self" in doc, name
+    assert models.model_method(DiagonalNet(3, scale=1.0), "layer_blocks") is None
+    assert models.model_method(DiagonalNet(3, scale=1.0), "end_to_end") is not None

@@ -1,4 +1,5 @@
-"""The plateau-skipping trainer (science.md §6): same saddles as small-init GD,
+"""The plateau-skipping trainer (docs: theory/saddle-to-saddle): same saddles as
+small-init GD,
 GLRL's Eckart–Young iterates, far fewer gradient evaluations, bad input."""
 
 import jax

@@ -1,4 +1,5 @@
-r"""The plateau-skipping trainer of science.md §6 (greedy low-rank learning)."""
+r"""The plateau-skipping trainer (greedy low-rank learning; docs:
+theory/saddle-to-saddle)."""
 
 import equinox as eqx
 import jax
@@ -7,6 +8,8 @@ import numpy as np
 import optax
 
 from .._checks import positive_int, positive_scalar
+from ..models import model_method
+from ..models._protocol import class_path
 from ._common import check_loss, split_model, stacked_model
 from ._descent import gradient_descent
 from ._results import RESULTS
@@ -35,81 +38,25 @@ class _Probe(eqx.Module):
         return self.model(x) + self.linear @ x
 
 
-def _slope_at_zero(activation: str) -> float:
-    """σ'(0), after checking σ(0) = 0 (else a zero unit is no saddle)."""
-    from ..models._activations import activation_fn
-
-    sigma = activation_fn(activation)
-    at_zero = float(sigma(jnp.asarray(0.0)))
-    slope = float(jax.grad(sigma)(jnp.asarray(0.0)))
-    if at_zero != 0.0 or not slope > 0.0:
-        raise ValueError(
-            "`model` must have an activation with σ(0) = 0 and σ'(0) > 0 (e.g. "
-            f"'linear', 'tanh'), so that zero units sit at a saddle; got "
-            f"{activation!r} (σ(0) = {at_zero:g}, σ'(0) = {slope:g})."
-        )
-    return slope
-
-
 def _architecture(model):
-    """(number of units a round can add, σ'(0), shape (k, d) of E)."""
-    from ..models import DeepLinear, TwoLayer
-
-    if isinstance(model, TwoLayer):
-        width, d = model.w1.shape
-        return width, _slope_at_zero(model.activation), (model.w2.shape[0], d)
-    if isinstance(model, DeepLinear):
-        if len(model.weights) < 2:
-            raise ValueError(
-                "`model` must be a DeepLinear with at least one hidden layer "
-                "(len(dims) ≥ 3)."
-            )
-        width = min(w.shape[0] for w in model.weights[:-1])
-        shape = (model.weights[-1].shape[0], model.weights[0].shape[1])
-        return width, 1.0, shape
-    raise TypeError(
-        "`model` must be a flowgap.models.TwoLayer (linear or tanh) or a "
-        f"flowgap.models.DeepLinear; got {type(model).__name__}."
-    )
+    """(number of units a round can add, σ'(0), shape (k, d) of E), from the
+    model's `saddle_units()` (the model protocol, `flowgap.models.PROTOCOL`)."""
+    units = model_method(model, "saddle_units")
+    if units is None or model_method(model, "add_unit") is None:
+        raise TypeError(
+            "`model` must define the plateau-skipping hooks `saddle_units()` and "
+            "`add_unit(index, left, right, size)` (see flowgap.models.PROTOCOL), as "
+            "flowgap.models.TwoLayer (linear or tanh) and DeepLinear do; got "
+            f"{class_path(model)}."
+        )
+    width, slope, (k, d) = units()
+    return int(width), float(slope), (int(k), int(d))
 
 
 def _zero(model):
     return jax.tree.map(
         lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else x, model
     )
-
-
-def _add_unit(model, unit: int, u, v, jump):
-    r"""Unit `unit` set to the rank-one path with end-to-end map ε·u vᵀ.
-
-    Two-layer: (row `unit` of W₁, column `unit` of W₂) = √(ε/σ'(0))·(v, u),
-    so the linearised map σ'(0)W₂W₁ gains ε·u vᵀ.
-    Depth N: W₁[j] = s·v, W_l[j, j] = s (1 < l < N), W_N[:, j] = s·u, s = ε^{1/N}.
-    """
-    from ..models import TwoLayer
-
-    if isinstance(model, TwoLayer):
-        s = jnp.sqrt(jump / _slope_at_zero(model.activation))
-        model = eqx.tree_at(lambda m: m.w1, model, model.w1.at[unit].set(s * v))
-        return eqx.tree_at(lambda m: m.w2, model, model.w2.at[:, unit].set(s * u))
-    depth = len(model.weights)
-    s = jump ** (1.0 / depth)
-    weights = list(model.weights)
-    weights[0] = weights[0].at[unit].set(s * v)
-    for i in range(1, depth - 1):
-        weights[i] = weights[i].at[unit, unit].set(s)
-    weights[-1] = weights[-1].at[:, unit].set(s * u)
-    return eqx.tree_at(lambda m: m.weights, model, tuple(weights))
-
-
-def end_to_end(model):
-    """σ'(0)·W₂W₁ for a two-layer net (its linearisation at 0), W_N⋯W₁ for a
-    deep linear net."""
-    from ..models import TwoLayer
-
-    if isinstance(model, TwoLayer):
-        return _slope_at_zero(model.activation) * model.w2 @ model.w1
-    return model.end_to_end()
 
 
 @eqx.filter_jit
@@ -149,7 +96,8 @@ def saddle_skip(
 
     Small-init GD on a two-layer or deep linear network spends O(log(1/α)) steps
     on every plateau, waiting for the units to turn to the top eigenvector of the
-    saddle (science.md §6). This trainer jumps there and runs GD only through the
+    saddle (docs: theory/saddle-to-saddle). This trainer jumps there and runs GD only
+    through the
     loss-decrease stages:
 
     1. Start at the origin saddle θ₀ = 0 (the values in `model` are ignored; its
@@ -192,8 +140,10 @@ def saddle_skip(
     - `loss`: model → scalar, e.g. `problem.loss`. It must evaluate the model
       as a function x ↦ f(x) on input vectors (the probe f(x) + W·x is passed in
       place of the model to read C).
-    - `model`: a `flowgap.models.TwoLayer` with σ(0) = 0 < σ'(0) (linear, tanh)
-      or a `flowgap.models.DeepLinear` with at least one hidden layer.
+    - `model`: any model with the hooks `saddle_units` and `add_unit` of the
+      model protocol (`flowgap.models.PROTOCOL`): a `flowgap.models.TwoLayer`
+      with σ(0) = 0 < σ'(0) (linear, tanh), a `flowgap.models.DeepLinear` with at
+      least one hidden layer, or a user's model defining them.
     - `lr`: GD step η > 0.
     - `jump`: ε > 0, the size of the rank-one piece added at each jump.
     - `grad_tol`: a loss-decrease stage ends when ‖∇L‖₂ < `grad_tol`.
@@ -259,7 +209,7 @@ def saddle_skip(
             best = float(_line_search(loss, current, slope * direction))
             log.evals += 2  # a jvp of a gradient
             size = best if np.isfinite(best) and best > 0 else jump
-        current = _add_unit(current, unit, left[:, 0], right[0], size)
+        current = model_method(current, "add_unit")(unit, left[:, 0], right[0], size)
         log.jump(current, loss)
         stage = gradient_descent(
             loss,
@@ -321,8 +271,9 @@ class _Log:
             final = split_model(traj.final)[0]
             self.saves.append((self.evals + taken, final, float(traj.final_loss)))
         self.evals += taken
-        self.steps += taken
-        self.stage_steps.append(taken)
+        steps_taken = int(traj.stats["num_steps"])
+        self.steps += steps_taken
+        self.stage_steps.append(steps_taken)
 
     def trajectory(self, final, loss, result) -> Trajectory:
         clock, params, values = zip(*self.saves)

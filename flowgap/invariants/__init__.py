@@ -1,5 +1,5 @@
 """Conserved quantities of gradient flows and their drift under gradient descent
-(science.md §4)."""
+(docs: theory/invariants)."""
 
 from ._check import (
     ConservationCheck as ConservationCheck,

@@ -6,7 +6,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._checks import positive_int
-from ..models import POSITIVELY_HOMOGENEOUS, DeepLinear, DiagonalNet, TwoLayer
+from ..models import model_method
+from ..models._protocol import class_path
 from ._check import _perturb
 from ._flat import as_vector, flatten
 
@@ -33,23 +34,21 @@ class LawCount:
 
 
 def default_reparametrisation(model):
-    """φ with f(θ, x) = f̃(φ(θ), x) for the flowgap models that have a standard one:
-    β for diagonal nets, W_N⋯W₁ for deep linear nets, W₂W₁ for a linear
-    `TwoLayer`, and the per-unit rank-one matrices W₂[:, i]W₁[i] for ReLU/leaky ReLU
-    (Marcotte, Gribonval & Peyré 2023)."""
-    if isinstance(model, DiagonalNet):
-        return lambda m: m.end_to_end()
-    if isinstance(model, DeepLinear):
-        return lambda m: m.end_to_end().ravel()
-    if isinstance(model, TwoLayer) and model.activation == "linear":
-        return lambda m: (m.w2 @ m.w1).ravel()
-    if isinstance(model, TwoLayer) and model.activation in POSITIVELY_HOMOGENEOUS:
-        return lambda m: jnp.einsum("ki,ij->ikj", m.w2, m.w1).ravel()
-    raise ValueError(
-        f"no standard reparametrisation φ for `model` of type {type(model).__name__}"
-        f"{' with ' + repr(model.activation) if hasattr(model, 'activation') else ''}; "
-        "pass `reparametrisation=` (a function model -> array)."
-    )
+    """φ with f(θ, x) = f̃(φ(θ), x): the model's `reparametrisation()` (the model
+    protocol, `flowgap.models.PROTOCOL`). flowgap's: β for diagonal nets, W_N⋯W₁
+    for deep linear nets, W₂W₁ for a linear `TwoLayer`, and the per-unit rank-one
+    matrices W₂[:, i]W₁[i] for ReLU/leaky ReLU (Marcotte, Gribonval & Peyré 2023).
+
+    **Returns:** φ as a function model → array.
+    """
+    phi = model_method(model, "reparametrisation")
+    if phi is None or phi() is None:
+        raise ValueError(
+            f"no standard reparametrisation φ for `model` ({class_path(model)}): "
+            "its class defines no `reparametrisation()`, or it returned None (e.g. a "
+            "tanh TwoLayer); pass `reparametrisation=` (a function model -> array)."
+        )
+    return lambda m: model_method(m, "reparametrisation")()
 
 
 def _right_normed(phi_flat, coefficients):
@@ -91,7 +90,7 @@ def count_conservation_laws(
     rtol: float = 1e-10,
 ) -> LawCount:
     r"""Number of independent conservation laws of the flow, valid for every data
-    set and loss (Marcotte, Gribonval & Peyré 2023; science.md §4).
+    set and loss (Marcotte, Gribonval & Peyré 2023; docs: theory/invariants).
 
     Write the model as f(φ(θ), x). With W_φ = span{∇φᵢ}, the count is
     D − dim Lie(W_φ)(θ) at a generic θ (a random point θ₀ ⊙ exp(0.3ε)).

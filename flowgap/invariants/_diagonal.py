@@ -1,32 +1,22 @@
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..models import DiagonalNet
-from ._projection import null_projector
-
-
-def _require(model, cls, name):
-    if not isinstance(model, cls):
-        raise ValueError(
-            f"`model` must be a {cls.__name__} for `{name}`, "
-            f"got {type(model).__name__}."
-        )
+from ._layers import _declared
 
 
 def diagonal_balance(model) -> Float[Array, " dim"]:
-    r"""Entrywise law of a `DiagonalNet` (any data):
+    r"""Entrywise law of a diagonal network (any data):
 
     - depth 2: Q = u ⊙ v (since du/dt = −2u⊙g, dv/dt = +2v⊙g);
     - depth L ≥ 3: Q = u^{2−L} + v^{2−L}.
+
+    Evaluates the law of this name that the model declares (`known_invariants`;
+    flowgap's `DiagonalNet` does).
     """
-    _require(model, DiagonalNet, "diagonal_balance")
-    if model.depth == 2:
-        return model.u * model.v
-    return model.u ** (2 - model.depth) + model.v ** (2 - model.depth)
+    return _declared(model, "diagonal_balance", "a DiagonalNet")
 
 
 def diagonal_mirror(model, inputs: Float[Array, "n dim"]) -> Float[Array, " 2*dim"]:
-    r"""Data-dependent ("mirror") law of a `DiagonalNet` on inputs X.
+    r"""Data-dependent ("mirror") law of a diagonal network on inputs X.
 
     The gradient in β is g = Xᵀ(residual)/n ∈ range(Xᵀ), and d(ln u)/dt = −2g,
     d(ln v)/dt = +2g at depth 2 (d(u^{2−L})/dt = −(2−L)L·g at depth L ≥ 3). So with
@@ -35,12 +25,7 @@ def diagonal_mirror(model, inputs: Float[Array, "n dim"]) -> Float[Array, " 2*di
     - depth 2: Q = (P ln u, P ln v);
     - depth L ≥ 3: Q = (P u^{2−L}, P v^{2−L}).
 
-    Needs u, v > 0 (true along the flow from u = v = α·1).
+    Needs u, v > 0 (true along the flow from u = v = α·1). Evaluates the law the
+    model declares (`known_invariants(inputs)`).
     """
-    _require(model, DiagonalNet, "diagonal_mirror")
-    projector = null_projector(jnp.asarray(inputs))
-    if model.depth == 2:
-        mirror_u, mirror_v = jnp.log(model.u), jnp.log(model.v)
-    else:
-        mirror_u, mirror_v = model.u ** (2 - model.depth), model.v ** (2 - model.depth)
-    return jnp.concatenate([projector @ mirror_u, projector @ mirror_v])
+    return _declared(model, "diagonal_mirror", "a DiagonalNet", inputs=inputs)

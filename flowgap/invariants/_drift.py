@@ -1,12 +1,13 @@
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._checks import positive_scalar
 from .._precision import warn_if_unresolved
-from ._flat import as_vector, flat_rates, flatten
+from ._flat import as_vector, flat_rates, flatten_saves
 from ._symmetry import RescaleSymmetry, ScaleSymmetry, _blocks
 
 
@@ -46,8 +47,9 @@ def _second_derivative(qv, theta, direction):
     return jax.jvp(first, (theta,), (direction,))[1]
 
 
-def gd_drift(q, loss, trajectory, *, lr, rates=None) -> DriftReport:
-    r"""Measured and predicted drift of Q under gradient descent (science.md §4).
+def gd_drift(q, loss, trajectory, *, lr, rates=None, trainable=None) -> DriftReport:
+    r"""Measured and predicted drift of Q under gradient descent (docs:
+    theory/invariants).
 
     For a quadratic Q the one-step change is exactly
     Q(θ + δ) − Q(θ) = ∇Q·δ + ½δᵀ∇²Qδ, and for plain GD with ⟨∇Q, P∇L⟩ = 0 it is
@@ -55,15 +57,15 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None) -> DriftReport:
     measured/leading → 1 as η → 0.
 
     **Arguments:** `q` (model → array), `loss`, a `trajectory` from
-    `gradient_descent(..., save_every=1)`, its `lr`, and its `rates`.
+    `gradient_descent(..., save_every=1)`, its `lr`, its `rates` and its
+    `trainable` filter (θ, ∇Q and ∇²Q are taken in the trainable arrays).
     """
     lr = float(positive_scalar("lr", lr))
     last = _every_step(trajectory, lr)
-    model0 = trajectory[0]
-    _, rebuild = flatten(model0)
+    thetas, rebuild = flatten_saves(trajectory, trainable)
+    thetas = thetas[:last]
     qv = lambda t: as_vector(q, rebuild(t))  # noqa: E731
-    p = flat_rates(rates, model0)
-    thetas = jax.vmap(lambda m: flatten(m)[0])(trajectory.models)[:last]
+    p = flat_rates(rates, trajectory[0], trainable)
     steps = thetas[1:] - thetas[:-1]
 
     def one(theta, delta):
@@ -121,7 +123,7 @@ def symmetry_step_identity(symmetry, loss, trajectory, *, lr, weight_decay=0.0) 
     def grad_sq(model, where):
         if where is None:
             return 0.0
-        grads = jax.grad(loss)(model)
+        grads = eqx.filter_grad(loss)(model)
         return sum(jnp.sum(x**2) for x in _blocks(where, grads))
 
     q = np.array([float(symmetry.invariant(trajectory[i])) for i in range(last)])

@@ -5,25 +5,45 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ..dynamics._common import split_model
 from ..dynamics._rates import check_rates
 
 
-def flatten(model):
-    """(θ, q_of): θ the flat trainable parameters of `model`, and a function
-    rebuilding the model from a flat vector."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+def flatten(model, trainable=None):
+    """(θ, rebuild): θ the flat trainable parameters of `model` (the
+    floating-point arrays selected by `trainable`, a filter as in `eqx.partition`;
+    default all of them), and a function rebuilding the model from a flat vector
+    with everything else (frozen arrays, integer arrays, functions, static fields)
+    as in `model`."""
+    params, static = split_model(model, trainable)
     flat, unravel = ravel_pytree(params)
     return flat, lambda theta: eqx.combine(unravel(theta), static)
 
 
-def flat_rates(rates, model):
-    """P as a flat vector aligned with `flatten(model)` (ones when None)."""
-    flat, _ = flatten(model)
+def flatten_saves(trajectory, trainable=None):
+    """(θ of shape (saves, D), rebuild): `flatten` at every save of `trajectory`,
+    with `rebuild` from the first save."""
+    _, rebuild = flatten(trajectory[0], trainable)
+    saves, static = eqx.partition(trajectory.models, eqx.is_array)
+    # vmap over the array leaves only: non-array leaves have no time axis
+    thetas = jax.vmap(lambda s: flatten(eqx.combine(s, static), trainable)[0])(saves)
+    return thetas, rebuild
+
+
+def flat_rates(rates, model, trainable=None):
+    """P as a flat vector aligned with `flatten(model, trainable)` (ones when
+    None)."""
+    params, _ = split_model(model, trainable)
+    flat = ravel_pytree(params)[0]
     rates = check_rates(rates, model)
     if rates is None:
         return jnp.ones_like(flat)
-    params = eqx.filter(model, eqx.is_inexact_array)
-    full = jax.tree.map(lambda p, r: jnp.broadcast_to(r, p.shape), params, rates)
+    full = jax.tree.map(
+        lambda p, r: None if p is None else jnp.broadcast_to(r, p.shape),
+        params,
+        rates,
+        is_leaf=lambda x: x is None,
+    )
     return ravel_pytree(full)[0]
 
 

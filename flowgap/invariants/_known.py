@@ -1,22 +1,12 @@
-import functools
-
 from .._checks import positive_scalar
-from ..models import (
-    MLP,
-    POSITIVELY_HOMOGENEOUS,
-    DeepLinear,
-    DiagonalNet,
-    PolarDiagonalNet,
-    TwoLayer,
-    WeightNorm,
-)
-from ._diagonal import diagonal_balance, diagonal_mirror
-from ._layers import balancedness, unit_rescaling, weight_norm_directions
-from ._polar import polar_direction_norm, polar_mirror
+from ..models import model_method
+from ..models._protocol import class_path
 
 
 def known(model, problem=None, *, ratio=1.0) -> dict:
-    """The library's conservation laws that apply to `model`, by name.
+    """The conservation laws `model` declares, by name: its `known_invariants`
+    (the model protocol, `flowgap.models.PROTOCOL`), so a user's model that defines
+    that method is served like flowgap's own.
 
     Each value is a function model → array. Data-dependent (mirror) laws appear only
     when `problem` (anything with `.inputs`) is given; the polar mirror law uses the
@@ -24,36 +14,12 @@ def known(model, problem=None, *, ratio=1.0) -> dict:
     claimed (e.g. a tanh `TwoLayer`).
     """
     ratio = positive_scalar("ratio", ratio)
-    laws = {}
-    inputs = None if problem is None else problem.inputs
-    if isinstance(model, DiagonalNet):
-        laws["diagonal_balance"] = diagonal_balance
-        if inputs is not None:
-            laws["diagonal_mirror"] = functools.partial(diagonal_mirror, inputs=inputs)
-    elif isinstance(model, PolarDiagonalNet):
-        laws["polar_direction_norm"] = polar_direction_norm
-        if inputs is not None and not model.split:
-            laws["polar_mirror"] = functools.partial(
-                polar_mirror, inputs=inputs, ratio=ratio
-            )
-    elif isinstance(model, WeightNorm):
-        laws["weight_norm_directions"] = weight_norm_directions
-    elif isinstance(model, DeepLinear):
-        if len(model.weights) >= 2:
-            laws["balancedness"] = balancedness
-    elif isinstance(model, TwoLayer):
-        if model.activation in POSITIVELY_HOMOGENEOUS:
-            laws["unit_rescaling"] = unit_rescaling
-        if model.activation == "linear":  # rescaling is its diagonal part
-            laws["balancedness"] = balancedness
-    elif isinstance(model, MLP):
-        if all(isinstance(layer, WeightNorm) for layer in model.layers):
-            laws["weight_norm_directions"] = weight_norm_directions
-        elif model.activation in POSITIVELY_HOMOGENEOUS:
-            laws["unit_rescaling"] = unit_rescaling
-    else:
+    declared = model_method(model, "known_invariants")
+    if declared is None:
         raise ValueError(
-            f"`model` of type {type(model).__name__} is not a flowgap model; write its "
-            "invariants directly or derive them with `flowgap.invariants` symmetries."
+            f"`model` ({class_path(model)}) does not define `known_invariants`; "
+            "define it (see flowgap.models.PROTOCOL), write its invariants directly "
+            "or derive them with `flowgap.invariants` symmetries."
         )
-    return laws
+    inputs = None if problem is None else problem.inputs
+    return dict(declared(inputs, ratio=ratio))

@@ -1,26 +1,36 @@
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..models import MLP, POSITIVELY_HOMOGENEOUS, DeepLinear, TwoLayer, WeightNorm
+from ..models import model_method
+from ..models._protocol import class_path
+
+
+def _declared(model, name: str, flowgap_models: str, inputs=None, ratio=1.0):
+    """The law `name` from `model.known_invariants(inputs, ratio)`, evaluated at
+    `model`."""
+    declared = model_method(model, "known_invariants")
+    laws = {} if declared is None else declared(inputs, ratio)
+    if name not in laws:
+        has = ", ".join(laws) or "none"
+        raise ValueError(
+            f"`{name}` needs a model whose `known_invariants()` declares {name!r} "
+            f"(in flowgap: {flowgap_models}); got {class_path(model)}, which "
+            f"declares {has}."
+        )
+    return laws[name](model)
 
 
 def weight_norm_directions(model) -> Float[Array, " units"]:
     r"""‖vᵢ‖² of every weight-normalised unit (rows gᵢvᵢ/‖vᵢ‖), concatenated over
     layers for an `MLP(weight_norm=True)`. Conserved by the flow since ∇_vL ⊥ v;
     each plain gradient step adds η²‖∇_{vᵢ}L‖² exactly.
+
+    Evaluates the law of this name that the model declares (`known_invariants`).
     """
-    if isinstance(model, WeightNorm):
-        layers = (model,)
-    elif isinstance(model, MLP) and all(
-        isinstance(la, WeightNorm) for la in model.layers
-    ):
-        layers = model.layers
-    else:
-        raise ValueError(
-            "`model` must be a WeightNorm or an MLP built with weight_norm=True for "
-            f"`weight_norm_directions`, got {type(model).__name__}."
-        )
-    return jnp.concatenate([jnp.sum(layer.v**2, axis=1) for layer in layers])
+    return _declared(
+        model,
+        "weight_norm_directions",
+        "a WeightNorm, an MLP built with weight_norm=True",
+    )
 
 
 def balancedness(model) -> Float[Array, " entries"]:
@@ -28,18 +38,13 @@ def balancedness(model) -> Float[Array, " entries"]:
     `DeepLinear` (or of a linear `TwoLayer`: W₂ᵀW₂ − W₁W₁ᵀ), flattened and
     concatenated (hᵢ² entries for hidden size hᵢ). Conserved since
     L(W_{j+1}A⁻¹, AW_j) = L for every invertible A.
+
+    Evaluates the law of this name that the model declares (`known_invariants`).
     """
-    if isinstance(model, TwoLayer) and model.activation == "linear":
-        w = (model.w1, model.w2)
-    elif isinstance(model, DeepLinear) and len(model.weights) >= 2:
-        w = model.weights
-    else:
-        raise ValueError(
-            "`model` must be a DeepLinear with at least two layers or a linear "
-            f"TwoLayer for `balancedness`, got {type(model).__name__}."
-        )
-    return jnp.concatenate(
-        [(w[j + 1].T @ w[j + 1] - w[j] @ w[j].T).ravel() for j in range(len(w) - 1)]
+    return _declared(
+        model,
+        "balancedness",
+        "a DeepLinear with at least two layers, a linear TwoLayer",
     )
 
 
@@ -48,27 +53,16 @@ def unit_rescaling(model) -> Float[Array, " units"]:
 
     For positively homogeneous σ (linear, ReLU, leaky ReLU) the loss is invariant to
     (incoming, outgoing) ↦ (a·incoming, outgoing/a), a > 0, which conserves this
-    difference. `TwoLayer`: ‖W₁[i]‖² − ‖W₂[:, i]‖²; `MLP` (without weight norm):
-    every hidden unit of every hidden layer. None is claimed for tanh and other
+    difference. `TwoLayer`: ‖W₁[i]‖² − ‖W₂[:, i]‖²; `MLP` (without weight norm) and
+    `eqx.nn.MLP` (hidden activation checked to be positively homogeneous): every
+    hidden unit of every hidden layer. None is claimed for tanh and other
     non-homogeneous activations.
+
+    Evaluates the law of this name that the model declares (`known_invariants`).
     """
-    if isinstance(model, TwoLayer) and model.activation in POSITIVELY_HOMOGENEOUS:
-        return jnp.sum(model.w1**2, axis=1) - jnp.sum(model.w2**2, axis=0)
-    if (
-        isinstance(model, MLP)
-        and model.activation in POSITIVELY_HOMOGENEOUS
-        and not any(isinstance(la, WeightNorm) for la in model.layers)
-    ):
-        layers = model.layers
-        return jnp.concatenate(
-            [
-                jnp.sum(a.weight**2, axis=1) + a.bias**2 - jnp.sum(b.weight**2, axis=0)
-                for a, b in zip(layers[:-1], layers[1:])
-            ]
-        )
-    raise ValueError(
-        "`unit_rescaling` needs a TwoLayer or an MLP (without weight norm) with a "
-        "positively homogeneous activation (linear, relu, leaky_relu); got "
-        f"{type(model).__name__} with activation "
-        f"{getattr(model, 'activation', None)!r}."
+    return _declared(
+        model,
+        "unit_rescaling",
+        "a TwoLayer or an MLP without weight norm, or an eqx.nn.MLP, with a "
+        "positively homogeneous activation (linear, relu, leaky_relu)",
     )

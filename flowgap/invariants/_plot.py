@@ -3,10 +3,10 @@ import numpy as np
 from ._drift import gd_drift
 
 
-def drift_curves(q, loss, trajectory, *, lr, rates=None):
+def drift_curves(q, loss, trajectory, *, lr, rates=None, trainable=None):
     """(ts, measured, predicted) for one GD run saved at every step: the drift
     ‖Q(θ_t) − Q(θ_0)‖_∞ and the leading-order prediction ‖Σ (η²/2) gᵀ∇²Q g‖_∞."""
-    report = gd_drift(q, loss, trajectory, lr=lr, rates=rates)
+    report = gd_drift(q, loss, trajectory, lr=lr, rates=rates, trainable=trainable)
     sup = lambda x: np.max(np.abs(x), axis=-1)  # noqa: E731
     return report.ts, sup(report.measured), sup(report.leading)
 

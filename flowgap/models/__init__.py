@@ -1,4 +1,10 @@
-"""Equinox models of science.md §3. Every model documents what `scale` means."""
+"""Equinox models (docs: theory/models). Every model documents what `scale` means.
+
+What flowgap knows about a model it learns through optional methods on the model's
+class — the model protocol, documented in `flowgap.models._protocol` (`PROTOCOL`
+lists the names; `model_method` finds them), so a user's own model gets the same
+features by defining the same methods.
+"""
 
 from ._activations import (
     ACTIVATIONS as ACTIVATIONS,
@@ -13,5 +19,11 @@ from ._deep_linear import DeepLinear as DeepLinear
 from ._diagonal import DiagonalNet as DiagonalNet
 from ._mlp import MLP as MLP
 from ._polar import PolarDiagonalNet as PolarDiagonalNet
+from ._protocol import (
+    PROTOCOL as PROTOCOL,
+)
+from ._protocol import (
+    model_method as model_method,
+)
 from ._two_layer import TwoLayer as TwoLayer
 from ._weight_norm import WeightNorm as WeightNorm

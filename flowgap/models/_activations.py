@@ -35,3 +35,18 @@ def activation_fn(name: str):
         )
     one_of("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]
+
+
+def slope_at_zero(name: str) -> float:
+    """σ'(0), after checking σ(0) = 0 < σ'(0) (else a zero unit sits at no saddle
+    and `flowgap.dynamics.saddle_skip` cannot start there)."""
+    sigma = activation_fn(name)
+    at_zero = float(sigma(jnp.asarray(0.0)))
+    slope = float(jax.grad(sigma)(jnp.asarray(0.0)))
+    if at_zero != 0.0 or not slope > 0.0:
+        raise ValueError(
+            "`model` must have an activation with σ(0) = 0 and σ'(0) > 0 (e.g. "
+            f"'linear', 'tanh'), so that zero units sit at a saddle; got "
+            f"{name!r} (σ(0) = {at_zero:g}, σ'(0) = {slope:g})."
+        )
+    return slope

@@ -7,6 +7,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from ._laws import balancedness_law
+
+
+def _balancedness(model: "DeepLinear") -> Float[Array, " entries"]:
+    return balancedness_law(model.weights)
 
 
 class DeepLinear(eqx.Module):
@@ -52,3 +57,41 @@ class DeepLinear(eqx.Module):
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
         return self.end_to_end() @ x
+
+    # The model protocol (`flowgap.models.PROTOCOL`).
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`balancedness` (W_{j+1}ᵀW_{j+1} − W_jW_jᵀ), given two or more layers."""
+        del inputs, ratio
+        return {"balancedness": _balancedness} if len(self.weights) >= 2 else {}
+
+    def reparametrisation(self) -> Float[Array, " entries"]:
+        """φ(θ) = W_N⋯W₁, raveled."""
+        return self.end_to_end().ravel()
+
+    def layer_blocks(self) -> tuple:
+        """Each W_j."""
+        return tuple(lambda m, i=i: m.weights[i] for i in range(len(self.weights)))
+
+    def saddle_units(self) -> tuple[int, float, tuple[int, int]]:
+        """(min hidden width, 1, (d_out, d_in)): unit j is the rank-one path
+        through hidden index j of every layer."""
+        if len(self.weights) < 2:
+            raise ValueError(
+                "`model` must be a DeepLinear with at least one hidden layer "
+                "(len(dims) ≥ 3)."
+            )
+        width = min(w.shape[0] for w in self.weights[:-1])
+        return width, 1.0, (self.weights[-1].shape[0], self.weights[0].shape[1])
+
+    def add_unit(self, index: int, left, right, size) -> "DeepLinear":
+        r"""W₁[j] = s·right, W_l[j, j] = s (1 < l < N), W_N[:, j] = s·left with
+        s = size^{1/N} and j = `index`: W_N⋯W₁ gains size·left·rightᵀ."""
+        depth = len(self.weights)
+        s = size ** (1.0 / depth)
+        weights = list(self.weights)
+        weights[0] = weights[0].at[index].set(s * right)
+        for i in range(1, depth - 1):
+            weights[i] = weights[i].at[index, index].set(s)
+        weights[-1] = weights[-1].at[:, index].set(s * left)
+        return eqx.tree_at(lambda m: m.weights, self, tuple(weights))

@@ -1,9 +1,33 @@
+import functools
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from ._laws import null_projector
+
+
+def _balance(model: "DiagonalNet") -> Float[Array, " dim"]:
+    r"""u ⊙ v at depth 2 (du/dt = −2u⊙g, dv/dt = +2v⊙g); u^{2−L} + v^{2−L} at
+    depth L ≥ 3."""
+    if model.depth == 2:
+        return model.u * model.v
+    return model.u ** (2 - model.depth) + model.v ** (2 - model.depth)
+
+
+def _mirror(
+    model: "DiagonalNet", inputs: Float[Array, "n dim"]
+) -> Float[Array, " 2*dim"]:
+    r"""(P ln u, P ln v) at depth 2, (P u^{2−L}, P v^{2−L}) at depth L ≥ 3, with P
+    the projector onto null(X): the gradient in β lies in range(Xᵀ)."""
+    projector = null_projector(jnp.asarray(inputs))
+    if model.depth == 2:
+        mirror_u, mirror_v = jnp.log(model.u), jnp.log(model.v)
+    else:
+        mirror_u, mirror_v = model.u ** (2 - model.depth), model.v ** (2 - model.depth)
+    return jnp.concatenate([projector @ mirror_u, projector @ mirror_v])
 
 
 class DiagonalNet(eqx.Module):
@@ -42,3 +66,17 @@ class DiagonalNet(eqx.Module):
 
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
         return jnp.dot(self.end_to_end(), x)
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`diagonal_balance` (u⊙v, or u^{2−L} + v^{2−L}) and, given `inputs`,
+        `diagonal_mirror`: see `flowgap.invariants.diagonal_balance` and
+        `diagonal_mirror`. (Model protocol, `flowgap.models.PROTOCOL`.)"""
+        del ratio
+        laws = {"diagonal_balance": _balance}
+        if inputs is not None:
+            laws["diagonal_mirror"] = functools.partial(_mirror, inputs=inputs)
+        return laws
+
+    def reparametrisation(self) -> Float[Array, " dim"]:
+        """φ(θ) = β: the network is x ↦ ⟨β, x⟩. (Model protocol.)"""
+        return self.end_to_end()

@@ -1,10 +1,12 @@
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
-from ._activations import activation_fn
+from ._activations import POSITIVELY_HOMOGENEOUS, activation_fn
+from ._laws import direction_norms_law, rescaling_law
 from ._weight_norm import WeightNorm
 
 
@@ -14,6 +16,20 @@ def _scaled_linear(d_in, d_out, scale, key, dtype):
         lambda lin: (lin.weight, lin.bias),
         layer,
         (scale * layer.weight, scale * layer.bias),
+    )
+
+
+def _direction_norms(model: "MLP") -> Float[Array, " units"]:
+    return direction_norms_law([layer.v for layer in model.layers])
+
+
+def _rescaling(model: "MLP") -> Float[Array, " units"]:
+    layers = model.layers
+    return rescaling_law(
+        [
+            (jnp.sum(a.weight**2, axis=1) + a.bias**2, b.weight)
+            for a, b in zip(layers[:-1], layers[1:])
+        ]
     )
 
 
@@ -75,3 +91,20 @@ class MLP(eqx.Module):
         for layer in self.layers[:-1]:
             x = sigma(layer(x))
         return self.layers[-1](x)
+
+    # The model protocol (`flowgap.models.PROTOCOL`).
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`weight_norm_directions` (‖vᵢ‖² of every unit) when weight-normalised;
+        else `unit_rescaling` (‖incoming weights and bias‖² − ‖outgoing‖² of every
+        hidden unit) for positively homogeneous σ; else none."""
+        del inputs, ratio
+        if all(isinstance(layer, WeightNorm) for layer in self.layers):
+            return {"weight_norm_directions": _direction_norms}
+        if self.activation in POSITIVELY_HOMOGENEOUS:
+            return {"unit_rescaling": _rescaling}
+        return {}
+
+    def layer_blocks(self) -> tuple:
+        """Each layer (weight and bias; gain and direction with weight norm)."""
+        return tuple(lambda m, i=i: m.layers[i] for i in range(len(self.layers)))

@@ -1,13 +1,39 @@
+import functools
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from ._laws import null_projector
 
 
 def _unit(x: Float[Array, "... k"]) -> Float[Array, "... k"]:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _direction_norm(model: "PolarDiagonalNet") -> Float[Array, "*radii"]:
+    """‖θ‖² of the stored direction (per block when `split`)."""
+    return jnp.sum(model.direction**2, axis=-1)
+
+
+def _mirror(
+    model: "PolarDiagonalNet", inputs: Float[Array, "n dim"], ratio
+) -> Float[Array, " 2*dim"]:
+    r"""P(ln θ̂ + (ρ/2)r²/‖θ‖²) at depth 2, P(exp(−(L−2)(ρ/2)r²/‖θ‖²) θ̂^{2−L}) at
+    depth L ≥ 3, P the projector onto null([X, −X]); derived in
+    `flowgap.invariants.polar_mirror`."""
+    x = jnp.asarray(inputs)
+    projector = null_projector(jnp.concatenate([x, -x], axis=1))
+    norm_sq = jnp.sum(model.direction**2)
+    unit = model.direction / jnp.sqrt(norm_sq)
+    half_rho_r2 = 0.5 * (ratio / norm_sq) * model.radius**2
+    if model.depth == 2:
+        mirror = jnp.log(unit) + half_rho_r2
+    else:
+        mirror = jnp.exp(-(model.depth - 2) * half_rho_r2) * unit ** (2 - model.depth)
+    return projector @ mirror
 
 
 class PolarDiagonalNet(eqx.Module):
@@ -28,7 +54,7 @@ class PolarDiagonalNet(eqx.Module):
     tangent to the sphere, and
 
     - the gradient flow keeps ‖θ‖ = 1 exactly and is the Riemannian flow
-      dθ/dt = −η_θ(I − θθᵀ)∇_θL of science.md §3 (`flowgap.gradient_flow`);
+      dθ/dt = −η_θ(I − θθᵀ)∇_θL (docs: theory/models; `flowgap.gradient_flow`);
     - plain gradient descent on (r, θ) is the Salimans–Kingma discrete variant, in
       which ‖θ‖ grows: ‖θ_{k+1}‖² = ‖θ_k‖² + η²‖∇_θL‖²;
     - gradient descent followed by renormalisation is the projected variant
@@ -93,6 +119,18 @@ class PolarDiagonalNet(eqx.Module):
 
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
         return jnp.dot(self.end_to_end(), x)
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`polar_direction_norm` (‖θ‖²) and, given `inputs` and `split=False`,
+        `polar_mirror` at rate ratio `ratio` = ρ: see `flowgap.invariants`.
+        (Model protocol, `flowgap.models.PROTOCOL`.)"""
+        laws = {"polar_direction_norm": _direction_norm}
+        if inputs is not None and not self.split:
+            ratio = positive_scalar("ratio", ratio)
+            laws["polar_mirror"] = functools.partial(
+                _mirror, inputs=inputs, ratio=ratio
+            )
+        return laws
 
     def normalised(self) -> "PolarDiagonalNet":
         """The same point with the stored direction rescaled to unit norm (rPGD)."""

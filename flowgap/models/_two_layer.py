@@ -5,7 +5,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
-from ._activations import activation_fn
+from ._activations import POSITIVELY_HOMOGENEOUS, activation_fn, slope_at_zero
+from ._laws import balancedness_law, rescaling_law
+
+
+def _rescaling(model: "TwoLayer") -> Float[Array, " width"]:
+    return rescaling_law([(jnp.sum(model.w1**2, axis=1), model.w2)])
+
+
+def _balancedness(model: "TwoLayer") -> Float[Array, " entries"]:
+    return balancedness_law((model.w1, model.w2))
 
 
 class TwoLayer(eqx.Module):
@@ -13,7 +22,7 @@ class TwoLayer(eqx.Module):
 
     Unit i is wᵢ = (row i of W₁, column i of W₂). For positively homogeneous σ
     (linear, ReLU, leaky ReLU) the loss is invariant to wᵢ ↦ (a·W₁[i], W₂[:, i]/a),
-    which is what the per-unit rescaling laws of science.md §4 come from.
+    which is what the per-unit rescaling laws come from (docs: theory/invariants).
 
     **Initialisation.** Every entry of `w1` and `w2` is i.i.d. N(0, scale²): `scale`
     is the raw entry standard deviation, with no fan-in factor, as in the small-init
@@ -60,3 +69,42 @@ class TwoLayer(eqx.Module):
 
     def __call__(self, x: Float[Array, " in_dim"]) -> Float[Array, " out_dim"]:
         return self.w2 @ self.hidden(x)
+
+    # The model protocol (`flowgap.models.PROTOCOL`).
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`unit_rescaling` (‖W₁[i]‖² − ‖W₂[:, i]‖²) for positively homogeneous σ,
+        and `balancedness` (W₂ᵀW₂ − W₁W₁ᵀ, of which it is the diagonal) for linear
+        σ; none otherwise."""
+        del inputs, ratio
+        laws = {}
+        if self.activation in POSITIVELY_HOMOGENEOUS:
+            laws["unit_rescaling"] = _rescaling
+        if self.activation == "linear":
+            laws["balancedness"] = _balancedness
+        return laws
+
+    def reparametrisation(self) -> Float[Array, " entries"] | None:
+        """φ(θ) = W₂W₁ (linear σ), the per-unit rank-one matrices W₂[:, i]W₁[i]
+        (ReLU, leaky ReLU), None otherwise."""
+        if self.activation == "linear":
+            return (self.w2 @ self.w1).ravel()
+        if self.activation in POSITIVELY_HOMOGENEOUS:
+            return jnp.einsum("ki,ij->ikj", self.w2, self.w1).ravel()
+        return None
+
+    def layer_blocks(self) -> tuple:
+        """(W₁, W₂)."""
+        return (lambda m: m.w1, lambda m: m.w2)
+
+    def saddle_units(self) -> tuple[int, float, tuple[int, int]]:
+        """(width, σ'(0), (out_dim, in_dim)); unit i is (W₁[i], W₂[:, i])."""
+        width, in_dim = self.w1.shape
+        return width, slope_at_zero(self.activation), (self.w2.shape[0], in_dim)
+
+    def add_unit(self, index: int, left, right, size) -> "TwoLayer":
+        r"""(W₁[i], W₂[:, i]) = √(size/σ'(0))·(right, left) for i = `index`, so the
+        linearisation σ'(0)W₂W₁ gains size·left·rightᵀ."""
+        s = jnp.sqrt(size / slope_at_zero(self.activation))
+        model = eqx.tree_at(lambda m: m.w1, self, self.w1.at[index].set(s * right))
+        return eqx.tree_at(lambda m: m.w2, model, model.w2.at[:, index].set(s * left))

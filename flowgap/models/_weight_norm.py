@@ -2,6 +2,12 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._laws import direction_norms_law
+
+
+def _direction_norms(model: "WeightNorm") -> Float[Array, " out"]:
+    return direction_norms_law([model.v])
+
 
 class WeightNorm(eqx.Module):
     r"""Salimans–Kingma weight normalisation of an `eqx.nn.Linear`.
@@ -59,3 +65,9 @@ class WeightNorm(eqx.Module):
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
         effective = eqx.tree_at(lambda lin: lin.weight, self.layer, self.weight())
         return effective(x)
+
+    def known_invariants(self, inputs=None, ratio=1.0) -> dict:
+        """`weight_norm_directions`: ‖vᵢ‖² per unit. (Model protocol,
+        `flowgap.models.PROTOCOL`.)"""
+        del inputs, ratio
+        return {"weight_norm_directions": _direction_norms}
