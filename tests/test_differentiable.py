@@ -158,7 +158,8 @@ SMALL = sparse_recovery(jax.random.key(0), n=5, d=10, sparsity=2)
 
 def test_implicit_derivative_is_the_ift_formula():
     """The optimistix ImplicitAdjoint derivative equals the IFT formula of the
-    dual condition written out (science.md §5) with ν recovered from β_∞."""
+    dual condition written out (docs: theory/implicit-bias) with ν recovered from
+    β_∞."""
     x, y = SMALL.inputs, SMALL.targets
     beta, dbeta = woodworth_limit_derivative(x, y, ALPHA)
     assert np.allclose(beta, woodworth_limit(x, y, ALPHA), rtol=0, atol=1e-14)

@@ -5,12 +5,17 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from .._checks import one_of, positive_int
+from .._lanczos import lanczos
+from ..dynamics._common import split_model
+from ..dynamics._compare import trainable_part
 
 
-def _flat_problem(fn, model):
-    """(θ, v ↦ ∇²F(θ)v): F = fn∘model on the flat trainable parameters; the
-    Hessian-vector product is a jvp of the gradient (no Hessian is formed)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+def _flat_problem(fn, model, trainable=None):
+    """(θ, v ↦ ∇²F(θ)v): F = fn∘model on the flat trainable parameters (`trainable`
+    as in `eqx.partition`; default every floating-point array), the rest of the
+    model held fixed; the Hessian-vector product is a jvp of the gradient (no
+    Hessian is formed)."""
+    params, static = split_model(model, trainable)
     theta, unravel = ravel_pytree(params)
 
     def value(t):
@@ -23,43 +28,6 @@ def _flat_problem(fn, model):
 
     grad = jax.grad(value)
     return theta, lambda t, v: jax.jvp(grad, (t,), (v,))[1]
-
-
-def lanczos(matvec, v0, iters: int):
-    r"""Lanczos with full reorthogonalisation on a symmetric operator.
-
-    Builds an orthonormal Krylov basis V (iters × D) and the tridiagonal
-    T = VᵀAV; the Ritz values (eigenvalues of T, ascending) approximate A's
-    extreme eigenvalues, exactly once iters = D. On breakdown (an invariant
-    subspace is found) the remaining basis vectors are zero and contribute Ritz
-    values 0.
-
-    **Returns:** (Ritz values, Ritz vectors as columns of shape (D, iters)).
-    """
-    dim = v0.shape[0]
-    basis = jnp.zeros((iters + 1, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-
-    def step(carry, j):
-        basis, beta_prev = carry
-        v = basis[j]
-        w = matvec(v)
-        alpha = w @ v
-        w = w - alpha * v - beta_prev * basis[jnp.maximum(j - 1, 0)] * (j > 0)
-        for _ in range(2):  # full reorthogonalisation, twice (Kahan–Parlett)
-            w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.abs(alpha), 1.0)
-        ok = beta > 1e-12 * scale
-        basis = basis.at[j + 1].set(jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0))
-        beta = jnp.where(ok, beta, 0.0)
-        return (basis, beta), (alpha, beta)
-
-    (basis, _), (alphas, betas) = lax.scan(
-        step, (basis, jnp.zeros((), v0.dtype)), jnp.arange(iters)
-    )
-    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    values, vectors = jnp.linalg.eigh(tri)
-    return values, basis[:iters].T @ vectors
 
 
 def _start(theta, init, key):
@@ -76,13 +44,21 @@ def _start(theta, init, key):
 
 
 def hessian_extremes(
-    fn, model, *, k=1, iters=None, method="lanczos", init=None, key=None
+    fn,
+    model,
+    *,
+    k=1,
+    iters=None,
+    method="lanczos",
+    init=None,
+    key=None,
+    trainable=None,
 ):
-    """Top-k eigenpairs of ∇²(fn∘model) (see `sharpness`); returns (values
-    descending, vectors (D, k))."""
+    """Top-k eigenpairs of ∇²(fn∘model) in the trainable parameters (see
+    `sharpness`); returns (values descending, vectors (D, k))."""
     one_of("method", method, ("lanczos", "power"))
     k = positive_int("k", k)
-    theta, hvp = _flat_problem(fn, model)
+    theta, hvp = _flat_problem(fn, model, trainable)
     dim = theta.shape[0]
     iters = min(dim, 64) if iters is None else positive_int("iters", iters)
     if method == "lanczos":
@@ -114,6 +90,7 @@ def sharpness(
     init=None,
     key=None,
     return_vectors: bool = False,
+    trainable=None,
 ):
     r"""Sharpness λ_max(∇²L(θ)), from Hessian-vector products only.
 
@@ -125,44 +102,61 @@ def sharpness(
     `jax.flatten_util.ravel_pytree` order of the trainable parameters), as along
     a trajectory; GD is stable near θ while λ_max < 2/η.
 
+    θ is the trainable part of `model`: the floating-point arrays selected by
+    `trainable` (a filter as in `eqx.partition`, as given to the trainers; default
+    every floating-point array). Frozen arrays, integer arrays, functions and
+    static fields are held fixed, so ∇²L is the Hessian in θ alone.
+
     **Returns:** λ_max as a scalar array, or the top `k` eigenvalues (descending)
     when k > 1; with `return_vectors=True`, also the eigenvectors as columns.
     """
     values, vectors = hessian_extremes(
-        loss, model, k=k, iters=iters, method=method, init=init, key=key
+        loss,
+        model,
+        k=k,
+        iters=iters,
+        method=method,
+        init=init,
+        key=key,
+        trainable=trainable,
     )
     values = values[0] if k == 1 else values
     return (values, vectors) if return_vectors else values
 
 
-def _flat_mask(model, mask, theta):
-    """`mask` (a model-shaped pytree of 0/1 floating arrays) flattened in the order
-    of θ; None stays None."""
+def _flat_mask(mask, theta, trainable):
+    """`mask` (a model-shaped pytree of 0/1 floating arrays) on the trainable
+    arrays, flattened in the order of θ; None stays None."""
     if mask is None:
         return None
-    flat, _ = ravel_pytree(eqx.filter(mask, eqx.is_inexact_array))
+    flat, _ = ravel_pytree(trainable_part(mask, trainable))
     if flat.shape != theta.shape:
         raise ValueError(
             "`mask` must be shaped like the model: a floating array for each of its "
             f"trainable arrays ({theta.shape[0]} entries in all), got {flat.shape[0]} "
-            "entries; build it e.g. with `jax.tree.map(jnp.zeros_like, model)` and "
-            "`eqx.tree_at`."
+            "entries; build it e.g. with `jax.tree.map(jnp.zeros_like, "
+            "eqx.filter(model, eqx.is_inexact_array))` and `eqx.tree_at`."
         )
     return flat.astype(theta.dtype)
 
 
-def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None, mask=None):
+def predictor_hessian_norm(
+    model, x, *, iters=None, init=None, key=None, mask=None, trainable=None
+):
     r"""‖∇²_θ f(θ; x)‖₂, the spectral norm of the predictor's Hessian in the
     parameters at one input x (the quantity bounded for weight-normalised networks,
     Cisneros-Velarde et al. 2024), as max(|λ_max|, |λ_min|) of Lanczos on
-    Hessian-vector products. f must be scalar (a single output).
+    Hessian-vector products. f must be scalar (a single output). θ is the part of
+    `model` selected by `trainable` (a filter as in `eqx.partition`; default every
+    floating-point array); the rest is held fixed.
 
     `mask` (optional) restricts θ to a block B of the parameters: a pytree shaped
-    like `model` (e.g. `jax.tree.map(jnp.zeros_like, model)` with the block set
-    to 1 by `eqx.tree_at`) holding 1 on B and 0 elsewhere. Lanczos then runs on
-    M∇²f M, M = diag(mask), whose spectral norm is that of the diagonal block
-    ∇²_B f (the other parameters held fixed). The mask is traced, so several blocks
-    can be measured under one `jax.vmap` with a single compilation.
+    like `model` (e.g. `jax.tree.map(jnp.zeros_like, eqx.filter(model,
+    eqx.is_inexact_array))` with the block set to 1 by `eqx.tree_at`) holding 1 on
+    B and 0 elsewhere. Lanczos then runs on M∇²f M, M = diag(mask), whose spectral
+    norm is that of the diagonal block ∇²_B f (the other parameters held fixed).
+    The mask is traced, so several blocks can be measured under one `jax.vmap`
+    with a single compilation.
     """
 
     def f(m):
@@ -174,10 +168,10 @@ def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None, mask=No
             )
         return jnp.reshape(out, ())
 
-    theta, hvp = _flat_problem(f, model)
+    theta, hvp = _flat_problem(f, model, trainable)
     dim = theta.shape[0]
     iters = min(dim, 64) if iters is None else positive_int("iters", iters)
-    flat_mask = _flat_mask(model, mask, theta)
+    flat_mask = _flat_mask(mask, theta, trainable)
     # without a mask the weight is 1.0, and × 1.0 is exact: results are unchanged
     weight = 1.0 if flat_mask is None else flat_mask
 
@@ -188,25 +182,31 @@ def predictor_hessian_norm(model, x, *, iters=None, init=None, key=None, mask=No
     return jnp.max(jnp.abs(values))
 
 
-def track_sharpness(loss, trajectory, *, iters=None, key=None):
-    r"""λ_max(∇²L) at every save of `trajectory`, each Lanczos run warm-started
-    from the previous save's top eigenvector (one compiled scan over the saves).
-    Non-finite saves (after a stop) give NaN.
+def track_sharpness(loss, trajectory, *, iters=None, key=None, trainable=None):
+    r"""λ_max(∇²L) at every save of `trajectory`, in the parameters selected by
+    `trainable` (as given to the trainer; default every floating-point array),
+    each Lanczos run warm-started from the previous save's top eigenvector (one
+    compiled scan over the saves). Non-finite saves (after a stop) give NaN.
 
     **Returns:** array of shape (saves,).
     """
-    first = trajectory[0]
-    theta0, _ = _flat_problem(loss, first)
+    theta0, _ = _flat_problem(loss, trajectory[0], trainable)
     v0 = _start(theta0, None, key)
+    # scan over the array leaves only: functions and static fields have no time axis
+    saves, static = eqx.partition(trajectory.models, eqx.is_array)
+    return _track(loss, v0, saves, static, iters, trainable)
 
-    def body(v, model):
-        values, vectors = hessian_extremes(loss, model, k=1, iters=iters, init=v)
+
+@eqx.filter_jit
+def _track(loss, v0, saves, static, iters, trainable):
+    def body(v, save):
+        model = eqx.combine(save, static)
+        values, vectors = hessian_extremes(
+            loss, model, k=1, iters=iters, init=v, trainable=trainable
+        )
         finite = jnp.isfinite(values[0])
         return jnp.where(finite, vectors[:, 0], v), jnp.where(
             finite, values[0], jnp.nan
         )
 
-    _, values = jax.jit(lambda v, models: lax.scan(body, v, models))(
-        v0, trajectory.models
-    )
-    return values
+    return lax.scan(body, v0, saves)[1]

@@ -6,14 +6,14 @@ def effective_scale(
     scale: ArrayLike, r0: ArrayLike, r_inf: ArrayLike, ratio: ArrayLike
 ) -> Float[Array, "..."]:
     r"""Effective init scale of a polar diagonal network's gradient-flow limit
-    (science.md §5).
+    (docs: theory/implicit-bias).
 
     $$\alpha_{\text{eff}} = \alpha\,\frac{r_\infty}{r_0}\,
     \exp\!\Big(-\frac{\rho}{2}\big(r_\infty^2 - r_0^2\big)\Big).$$
 
     Why: along the polar flow at rate ratio ρ (direction on the unit sphere), the
     projection onto null(X̃) of ln θ + (ρ/2)r²·1 (depth 2), or of
-    exp(−(L−2)(ρ/2)r²)·θ^{⊙(2−L)} (depth L ≥ 3), is conserved (science.md §4).
+    exp(−(L−2)(ρ/2)r²)·θ^{⊙(2−L)} (depth L ≥ 3), is conserved (docs: theory/invariants).
     From the uniform start θ₀ = r₀⁻¹α·1 this says the limit w_∞ = r_∞θ_∞ obeys
     the same mirror law as the plain `DiagonalNet` flow from u = v = α_eff·1, so
     both interpolating limits coincide (any depth). This needs one radius for

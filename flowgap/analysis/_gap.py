@@ -1,7 +1,6 @@
 import dataclasses
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,20 +8,24 @@ import numpy as np
 from .. import dynamics
 from .._checks import positive_scalar
 from .._precision import warn_if_unresolved
+from ..dynamics._compare import check_same_parameters, trainable_part
 from ._fit import loglog_slope
 
 _NAMES = {0: "GF", 1: "order-1 modified flow", 2: "order-2 modified flow"}
 
 
-def parameter_distance(a, b) -> float:
-    """‖a − b‖₂ over the trainable (inexact array) leaves of two models.
+def parameter_distance(a, b, *, trainable=None) -> float:
+    """‖a − b‖₂ over the trainable arrays of two models: the floating-point arrays
+    selected by `trainable` (a filter as in `eqx.partition`; default all of them).
+    Functions, static fields and integer arrays are not parameters and are
+    ignored; a `ValueError` names `a` and `b` when their trainable arrays differ
+    in path or shape.
 
     In float32 (or coarser) a distance within 10 ulps of the parameters' own norm
     is round-off, and a `PrecisionWarning` says so (once)."""
-    la = jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))
-    lb = jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))
-    if len(la) != len(lb) or any(x.shape != y.shape for x, y in zip(la, lb)):
-        raise ValueError("the two models have different parameter structures.")
+    check_same_parameters(a, b, trainable=trainable)
+    la = jax.tree.leaves(trainable_part(a, trainable))
+    lb = jax.tree.leaves(trainable_part(b, trainable))
     distance = float(jnp.sqrt(sum(jnp.sum((x - y) ** 2) for x, y in zip(la, lb))))
     size = float(jnp.sqrt(sum(jnp.sum(x**2) for x in la)))
     warn_if_unresolved("the step–flow gap", distance, size, jnp.result_type(*la))
@@ -63,6 +66,7 @@ def gap_exponent(
     atol=1e-13,
     max_steps: int = 1_000_000,
     confidence: float = 0.95,
+    trainable=None,
 ) -> GapTable:
     r"""Gap exponents of gradient descent against the gradient flow (order 0) and
     the order-1 and order-2 modified flows, at the fixed horizon T = `t1`.
@@ -71,6 +75,8 @@ def gap_exponent(
     ‖θ_GD(T) − θ_flow(T)‖ is measured; log gap is fitted against log η. Backward
     error analysis predicts slopes 1, 2, 3. The flows are solved at `rtol`/`atol`
     (default 1e-13 with Dopri8) so their error stays below the smallest gap.
+    `trainable` (a filter as in `eqx.partition`) is passed to every run; the gap
+    is measured on those arrays only.
 
     **Returns:** a `GapTable`.
     """
@@ -84,18 +90,13 @@ def gap_exponent(
     if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
         raise ValueError(f"every entry of `lrs` must divide t1 = {t1:g}.")
     solver = diffrax.Dopri8() if solver is None else solver
+    shared = dict(rates=rates, throw=True, trainable=trainable)
     common = dict(
-        t1=t1,
-        rates=rates,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        throw=True,
+        t1=t1, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, **shared
     )
     gd = [
         dynamics.gradient_descent(
-            loss, model, lr=lr, steps=int(k), save_every=int(k), rates=rates, throw=True
+            loss, model, lr=lr, steps=int(k), save_every=int(k), **shared
         ).final
         for lr, k in zip(lrs, np.round(steps))
     ]
@@ -109,6 +110,8 @@ def gap_exponent(
                 dynamics.modified_flow(loss, model, lr=lr, order=order, **common).final
                 for lr in lrs
             ]
-        gaps[order] = np.array([parameter_distance(a, b) for a, b in zip(gd, finals)])
+        gaps[order] = np.array(
+            [parameter_distance(a, b, trainable=trainable) for a, b in zip(gd, finals)]
+        )
     fits = {o: loglog_slope(lrs, g, confidence=confidence) for o, g in gaps.items()}
     return GapTable(lrs=lrs, gaps=gaps, fits=fits)

@@ -16,7 +16,7 @@ def woodworth_limit_derivative(
     no trajectory is unrolled.
 
     The limit is β_∞ = 2α² sinh(Xᵀν) where ν solves the dual optimality condition
-    (science.md §5)
+    (docs: theory/implicit-bias)
 
     $$F(\nu, \alpha) = X\,2\alpha^2\sinh(X^\top\nu) - y = 0 .$$
 

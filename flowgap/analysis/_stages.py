@@ -1,5 +1,5 @@
 """Saddle-to-saddle stages of a loss curve, the rank of each saddle, and the
-alignment of hidden units during a plateau (science.md §6)."""
+alignment of hidden units during a plateau (docs: theory/saddle-to-saddle)."""
 
 import dataclasses
 
@@ -95,7 +95,7 @@ def numerical_rank(matrix, tol: float = 1e-2) -> int:
 
 
 def alignment_ratio(w1, w2, coefficient) -> np.ndarray:
-    r"""Per hidden unit i, ‖(I − P₁)wᵢ‖ / ‖P₁wᵢ‖ (science.md §6).
+    r"""Per hidden unit i, ‖(I − P₁)wᵢ‖ / ‖P₁wᵢ‖ (docs: theory/saddle-to-saddle).
 
     Unit i is wᵢ = (row i of W₁, column i of W₂) ∈ ℝ^{d+k}. Near a saddle the
     units follow ẇ = [[0, Cᵀ], [C, 0]] w with C (k × d) the coefficient matrix

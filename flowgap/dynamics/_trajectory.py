@@ -15,7 +15,9 @@ class Trajectory(eqx.Module):
 
     - `ts`: save times, shape (S,). For gradient descent tₖ = k·lr; for gradient
       flow the requested `ts`. `ts[0] = 0`: the initial point is always saved.
-    - `models`: the model with a leading axis of length S on every array leaf.
+    - `models`: the model with a leading axis of length S on every array leaf
+      (frozen and integer arrays included); functions, static fields and other
+      non-array leaves appear once.
     - `loss`: L at each save, shape (S,).
     - `final`: the model where the run ended (t1, or the stop time if a
       `stop_when` condition fired or the run failed), with no time axis.
@@ -23,13 +25,19 @@ class Trajectory(eqx.Module):
     - `stop_time`: the time at which the run ended (t1 when it ran to the end).
     - `result`: a `flowgap.RESULTS` status: `successful`, `event_occurred`
       (stopped by `stop_when`), `diverged`, or one of Diffrax's solver failures.
-    - `stats`: counters: `num_steps` (GD steps taken / ODE solver steps),
-      `num_accepted_steps`, `num_rejected_steps`, `num_grad_evals` (gradient
-      evaluations that moved the state: one per GD step; for explicit Runge–Kutta
-      flows s per solver step, s − 1 (+1) for FSAL tableaus; −1 where unknown,
-      e.g. implicit solvers; loss values at saves and `stop_when` checks are not
-      counted); for GD also `stop_step` (the step at which the run stopped, −1 if
-      it ran to the end), `last_finite_loss` and `stop_loss`.
+    - `stats`: counters. `num_steps` (GD steps taken / ODE solver steps),
+      `num_accepted_steps`, `num_rejected_steps`; `num_grad_evals`, every
+      evaluation of ∇L actually executed: for GD, K for a run that does not stop,
+      k + 1 for one stopped at step k (the gradient at θ_k that found the stop
+      counts), plus the unguarded pass and the replay of a chunk that diverged
+      (under `jax.vmap` each run counts what its batch executed); for flows the
+      field's evaluations (s per explicit Runge–Kutta step, s − 1 (+1) for FSAL
+      tableaus, times the field's `grad_evals_per_call`) plus the `stop_when`
+      event's gradients, −1 where unknown (implicit solvers); `num_loss_evals`,
+      evaluations of L alone (so `num_grad_evals + num_loss_evals` is the number
+      of forward passes of `loss`). Flows add `num_field_evals`; GD adds
+      `stop_step` (the step at which the run stopped, −1 if it ran to the end),
+      `last_finite_loss` and `stop_loss`.
 
     - `interpolation`: for `gradient_flow(..., dense=True)`, Diffrax's dense
       interpolation of the parameters (see `at`); None otherwise.
@@ -38,7 +46,8 @@ class Trajectory(eqx.Module):
     or failed run is never mistaken for a finished one: check `result`.
     Under `jax.vmap` every field gains a leading batch axis.
 
-    `traj[i]` is the model at save i; `len(traj)` is S.
+    `traj[i]` is the model at save i (i indexes the array leaves; an array of
+    indices gives a model with that leading axis); `len(traj)` is S.
     """
 
     ts: Float[Array, "*batch saves"]
@@ -52,7 +61,10 @@ class Trajectory(eqx.Module):
     interpolation: object = None
 
     def __getitem__(self, i):
-        return jax.tree.map(lambda x: x[i], self.models)
+        # Only array leaves carry the time axis; functions, static fields and other
+        # non-array leaves of the model are shared by every save.
+        dynamic, static = eqx.partition(self.models, eqx.is_array)
+        return eqx.combine(jax.tree.map(lambda x: x[i], dynamic), static)
 
     def __len__(self) -> int:
         return self.ts.shape[-1]
@@ -68,19 +80,28 @@ class Trajectory(eqx.Module):
     def at(self, t):
         """The model at time(s) `t`: from the dense interpolation of a flow solved
         with `dense=True`, else from a save at exactly that time (ValueError if
-        there is none, e.g. a GD time between steps)."""
+        there is none, e.g. a GD time between steps).
+
+        For a 1-D `t` every array leaf gains a leading axis of length len(t), as in
+        `models`; non-trainable leaves are those of the first save.
+        """
         t = jnp.asarray(t)
-        model0 = self[0]
-        _, static = eqx.partition(model0, eqx.is_inexact_array)
         if self.interpolation is not None:
-            params = jax.vmap(self.interpolation.evaluate)(jnp.atleast_1d(t))
-            if t.ndim == 0:
-                params = jax.tree.map(lambda x: x[0], params)
-            return eqx.combine(params, static)
+            return self._interpolate(t)
+        index = self._save_index(np.atleast_1d(np.asarray(t)))
+        return self[index[0]] if t.ndim == 0 else self[index]
+
+    def _interpolate(self, t):
+        # The interpolation holds the trainable leaves only (None elsewhere); the
+        # rest is filled from save 0, with a time axis when `t` has one.
+        if t.ndim == 0:
+            return eqx.combine(self.interpolation.evaluate(t), self[0])
+        params = jax.vmap(self.interpolation.evaluate)(t)
+        return eqx.combine(params, self[np.zeros(t.shape[0], dtype=int)])
+
+    def _save_index(self, wanted):
         ts = np.asarray(self.ts)
-        wanted = np.atleast_1d(np.asarray(t))
-        index = np.searchsorted(ts, wanted)
-        index = np.clip(index, 0, len(ts) - 1)
+        index = np.clip(np.searchsorted(ts, wanted), 0, len(ts) - 1)
         close = np.isclose(
             ts[index], wanted, rtol=1e-12, atol=1e-12 * max(abs(ts[-1]), 1)
         )
@@ -91,8 +112,7 @@ class Trajectory(eqx.Module):
                 f"{ts[-1]:g}, {len(ts)} points); save at matching times, or solve the "
                 "flow with `dense=True`."
             )
-        models = jax.tree.map(lambda x: x[index], self.models)
-        return jax.tree.map(lambda x: x[0], models) if t.ndim == 0 else models
+        return index
 
     def message(self) -> str:
         """Human-readable status (concrete, unbatched trajectories only)."""
