@@ -1,5 +1,6 @@
-"""Sweep benchmark: the per-run cost of one vmapped, compiled sweep against one
-run alone, and the same sweep on 1 vs 4 devices.
+"""Sweep benchmark: the per-run cost of one compiled sweep against one run alone,
+with the runs in lock-step (one vmap) or in sequential vmapped groups
+(`batch_size`), and the same sweep on 1 vs 4 devices.
 
 Run: `.venv/bin/python benchmarks/bench_sweep.py [--quick]`. A full run prints
 the tables and appends them, with the date and machine, to
@@ -14,22 +15,33 @@ n x d = 10 x 20 (a toy-theory size, where one run is overhead-bound) and
 1. Per-run cost. One run = `point(scale, lr)`: GD for `steps` steps (a save
    only at the end) returning final loss, recovery error and status; or GF to
    t1 = 10 (Tsit5, rtol 1e-8, atol 1e-10) from init `scale`.
-   - "alone": `jax.jit(point)` on scalars (compiled once, then timed), the mean
-     over 4 init scales spread over the grid (GF's cost depends on the scale).
-   - "sweep": `flowgap.sweep(point, grid)` over a 16 x 16 grid of (scale, lr)
-     (GF: 256 scales), one chunk of 256 runs, compiled once, then timed; the
-     result's host transfer is included.
-   - ratio = (t_sweep / 256) / t_alone; target <= 1/10 for GD on CPU.
+   - "alone": `jax.jit(point)` called on each of the sweep's 256 points in turn
+     (compiled once; each call's dispatch included), divided by 256.
+   - "sweep": `flowgap.sweep(point, grid, batch_size=b)` over a 16 x 16 grid of
+     (scale, lr) (GF: 256 scales), one chunk of 256 runs, compiled once, then
+     timed; the result's host transfer is included. b = "all": one vmap of 256
+     runs in lock-step (the GPU/TPU default); b = 1 (the CPU default,
+     `default_batch_size("cpu")`): `lax.map` of the solo program over the runs.
+   - ratio = (t_sweep / 256) / t_alone. Targets on CPU: GD <= 1/10 (vmap's
+     aim); GF <= 1 in the backend's default mode.
    The grid shares the problem, so vmapping turns the runs' mat-vecs into
-   mat-mats; vmapped GF runs step together until the slowest run is done.
-   vmap removes per-step overhead, never flops: where one run is flop-bound the
-   ratio cannot approach 1/256.
-2. Devices. The GD sweep in child processes with
+   mat-mats; vmapped GF runs step together until the slowest run of their group
+   is done. vmap removes per-step overhead, never flops: where one run is
+   flop-bound the ratio cannot approach 1/256, and b = 1 saves only the solo
+   calls' dispatch.
+2. Group size. The ratio of the two extreme cases (GF 40 x 200: adaptive and
+   flop-bound; GD 10 x 20: fixed steps and overhead-bound) for b = 1, 4, 16,
+   64, "all" (b >= 2: `lax.map` over vmapped groups of b): what the CPU
+   default is chosen from.
+3. Devices. The GD sweep (default `batch_size`) in child processes with
    `XLA_FLAGS=--xla_force_host_platform_device_count=N`, N = 1 and 4 (CPU only):
    wall time of the compiled sweep and the largest relative difference of the
-   final losses between N = 4 and N = 1 (expected: round-off only).
+   final losses between N = 4 and N = 1 (expected: 0 with b = 1, every run
+   being the solo program; round-off with vmapped groups of other sizes).
 
-Timing: the minimum over `rounds` calls after a warm-up call.
+Timing: every callable of one table row is called once to compile and warm up,
+then the rows' callables are called in turn, `rounds` times (interleaved, so a
+burst of load from other processes hits them alike); each keeps its minimum.
 """
 
 import argparse
@@ -69,52 +81,82 @@ def setup(steps: int, n: int = 40, d: int = 200):
             save_every=steps,
         )
         error = jnp.linalg.norm(traj.final.end_to_end() - problem.truth)
-        return dict(loss=traj.final_loss, error=error, status=traj.result._value)
+        return dict(
+            loss=traj.final_loss,
+            error=error,
+            status=flowgap.dynamics.status_code(traj.result),
+        )
 
     def gf_point(scale):
         traj = flowgap.gradient_flow(
             problem.loss, models.DiagonalNet(d, scale=scale), t1=10.0
         )
         error = jnp.linalg.norm(traj.final.end_to_end() - problem.truth)
-        return dict(loss=traj.final_loss, error=error, status=traj.result._value)
+        return dict(
+            loss=traj.final_loss,
+            error=error,
+            status=flowgap.dynamics.status_code(traj.result),
+        )
 
     grid = {"scale": np.geomspace(1e-3, 1.0, 16), "lr": np.geomspace(1e-3, 2e-2, 16)}
     return gd_point, gf_point, grid
 
 
 def best(fn, rounds: int) -> float:
+    """Minimum seconds of `rounds` calls of `fn` after a warm-up call."""
+    return interleaved({"fn": fn}, rounds)["fn"]
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Minimum seconds per call of each callable of `fns`, called in turn."""
     import jax
 
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+    for fn in fns.values():
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times
+
+
+MAIN = ("all", 1)  # lock-step; the CPU default (each run alone)
+SCAN = (4, 16, 64)  # only for the two extreme cases
+EXTREMES = (("GF", "40x200"), ("GD", "10x20"))
 
 
 def per_run(steps: int, rounds: int, n: int, d: int) -> list:
+    """Rows `(trainer, n x d, steps, t_alone, {batch_size: t_sweep})`."""
     import jax
 
     from flowgap import sweep
 
     gd_point, gf_point, grid = setup(steps, n, d)
-    picks = np.linspace(0, 15, 4).astype(int)  # 4 scales spread over the grid
-    rows = []
-    alone = jax.jit(gd_point)
-    t_alone = np.mean(
-        [best(lambda s=s: alone(s, 0.01), rounds) for s in grid["scale"][picks]]
-    )
-    t_sweep = best(lambda: sweep(gd_point, grid, progress=False).values, rounds)
-    rows.append(("GD", f"{n}x{d}", steps, t_alone, t_sweep))
-    alone = jax.jit(gf_point)
-    t_alone = np.mean(
-        [best(lambda s=s: alone(s), rounds) for s in grid["scale"][picks]]
-    )
+    mesh = np.meshgrid(*grid.values(), indexing="ij")
     scales = {"scale": np.geomspace(1e-3, 1.0, 256)}
-    t_sweep = best(lambda: sweep(gf_point, scales, progress=False).values, rounds)
-    rows.append(("GF", f"{n}x{d}", "t1=10", t_alone, t_sweep))
+    cases = (  # (trainer, steps, point, grid, its 256 runs as {axis: values})
+        ("GD", steps, gd_point, grid, {k: v.ravel() for k, v in zip(grid, mesh)}),
+        ("GF", "t1=10", gf_point, scales, scales),
+    )
+    rows = []
+    for name, k, point, sweep_grid, runs in cases:
+        alone = jax.jit(point)
+        solo = list(zip(*runs.values()))  # the same 256 runs, one call each
+
+        def loop(alone=alone, solo=solo):
+            return [alone(*args) for args in solo]
+
+        sizes = MAIN + (SCAN if (name, f"{n}x{d}") in EXTREMES else ())
+        fns = {"alone": loop}
+        for b in sizes:
+            fns[b] = lambda b=b, point=point, sweep_grid=sweep_grid: (
+                sweep(point, sweep_grid, batch_size=b, progress=False).values
+            )
+        times = interleaved(fns, rounds)
+        sweeps = {b: times[b] for b in sizes}
+        rows.append((name, f"{n}x{d}", k, times["alone"] / 256, sweeps))
     return rows
 
 
@@ -169,6 +211,45 @@ def machine() -> str:
     )
 
 
+TARGETS = {"GD": 0.1, "GF": 1.0}
+
+
+def per_run_tables(steps: int, rounds: int) -> list:
+    """The per-run cost table (both modes) and the group-size table."""
+    from flowgap.sweeps import default_batch_size
+
+    rows = [r for n, d in ((10, 20), (40, 200)) for r in per_run(steps, rounds, n, d)]
+    default = default_batch_size()
+    lines = [
+        "Per-run cost of a 256-run sweep vs one run alone, ratio = (sweep / 256) "
+        f"/ alone (min of {rounds} interleaved calls)",
+        "vmap: batch_size='all' (lock-step); b=1: each run alone in one compiled "
+        f"loop (CPU default); default here: {default!r}; targets on the default: "
+        "GD <= 0.1, GF <= 1",
+        f"{'trainer':<7} {'n x d':>6} {'steps':>6} {'alone (ms)':>10} "
+        f"{'vmap (ms)':>10} {'ratio':>7} {'b=1 (ms)':>10} {'ratio':>7}  verdict",
+    ]
+    for name, size, k, t_alone, sweeps in rows:
+        ratio = {b: t / 256 / t_alone for b, t in sweeps.items()}
+        verdict = "PASS" if ratio[default] <= TARGETS[name] else "MISS"
+        lines.append(
+            f"{name:<7} {size:>6} {k!s:>6} {1e3 * t_alone:>10.3f} "
+            f"{1e3 * sweeps['all']:>10.1f} {ratio['all']:>7.3f} "
+            f"{1e3 * sweeps[1]:>10.1f} {ratio[1]:>7.3f}  {verdict}"
+        )
+    sizes = (*sorted(MAIN[1:] + SCAN), "all")
+    lines += [
+        "",
+        "Per-run ratio by batch_size b, the two extreme cases",
+        f"{'trainer':<7} {'n x d':>6} " + " ".join(f"{f'b={b}':>7}" for b in sizes),
+    ]
+    for name, size, _, t_alone, sweeps in rows:
+        if (name, size) in EXTREMES:
+            cells = " ".join(f"{sweeps[b] / 256 / t_alone:>7.3f}" for b in sizes)
+            lines.append(f"{name:<7} {size:>6} {cells}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -182,22 +263,7 @@ def main() -> None:
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     info = machine()
     print(info)
-    lines = [
-        "Per-run cost: 256-run vmapped sweep vs one run alone (min of "
-        f"{rounds} timed calls)",
-        f"{'trainer':<8} {'n x d':>7} {'steps':>7} {'alone (ms)':>11} "
-        f"{'sweep (ms)':>11} {'sweep/run (ms)':>15} {'per-run ratio':>14}  "
-        "target <= 0.1",
-    ]
-    for n, d in ((10, 20), (40, 200)):
-        for name, size, k, t_alone, t_sweep in per_run(steps, rounds, n, d):
-            ratio = t_sweep / 256 / t_alone
-            verdict = "PASS" if ratio <= 0.1 else "MISS"
-            lines.append(
-                f"{name:<8} {size:>7} {k!s:>7} {1e3 * t_alone:>11.3f} "
-                f"{1e3 * t_sweep:>11.1f} {1e3 * t_sweep / 256:>15.4f} "
-                f"{ratio:>14.4f}  {verdict}"
-            )
+    lines = per_run_tables(steps, rounds)
     import jax
 
     if jax.default_backend() == "cpu":

@@ -24,7 +24,7 @@ def run(scale, lr, seed):
     return dict(
         loss=traj.final_loss,
         error=jnp.linalg.norm(traj.final.end_to_end() - problem.truth),
-        status=traj.result._value,
+        status=flowgap.dynamics.status_code(traj.result),
     )
 
 

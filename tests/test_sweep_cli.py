@@ -31,6 +31,26 @@ ARGS = [
 ]
 
 
+# `flowgap sweep` whose chunk writer, once the first chunk is written, marks the
+# folder before the second and waits for the test's signal.
+PAUSE_AFTER_FIRST_CHUNK = """
+import pathlib, sys, time
+import flowgap.sweeps._sweep as sweep_module
+from flowgap._cli import main
+
+write = sweep_module.write_npz
+
+def pause_before_second(path, arrays):
+    if pathlib.Path(path).name == "chunk-00001.npz":
+        (pathlib.Path(path).parent / "paused").touch()
+        time.sleep(600)
+    write(path, arrays)
+
+sweep_module.write_npz = pause_before_second
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference") / "run"
@@ -75,16 +95,18 @@ def test_labelled_grid_summary_and_figure(reference, capsys):
 def test_killed_sweep_resumes_bit_for_bit(reference, tmp_path, stop, capsys):
     folder = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "flowgap", *ARGS, "--out", str(folder)],
+        [sys.executable, "-c", PAUSE_AFTER_FIRST_CHUNK, *ARGS, "--out", str(folder)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    first = folder / "chunks" / "chunk-00000.npz"
+    # the child writes `paused` after its first chunk and then waits, so the
+    # signal lands mid-sweep however fast the machine is
+    paused = folder / "chunks" / "paused"
     deadline = time.monotonic() + 120
-    while not first.exists() and process.poll() is None:
+    while not paused.exists() and process.poll() is None:
         assert time.monotonic() < deadline, "no chunk was written in 120 s"
-        time.sleep(0.005)
+        time.sleep(0.05)
     process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + stop

@@ -5,9 +5,10 @@ import datetime
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from ..sweeps._io import atomic_write
 
 
 class OutputError(ValueError):
@@ -39,40 +40,13 @@ def make_folder(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: pathlib.Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use normal perms
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: pathlib.Path, data) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n"
-    _atomic(path, lambda f: f.write(text.encode()))
-
-
-def write_npz(path: pathlib.Path, arrays: dict) -> None:
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    for key, value in arrays.items():
-        if value.dtype == object:
-            raise TypeError(f"array `{key}` has dtype object; refusing to pickle it")
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_figure(path: pathlib.Path, figure) -> None:
-    _atomic(path, lambda f: figure.savefig(f, format="png", dpi=130))
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=130))
 
 
 def _jsonable(value):

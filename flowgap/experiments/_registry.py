@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import jax
 
-from ._output import make_folder, run_folder, save_figure, write_json, write_npz
+from ..sweeps._io import write_npz
+from ._output import make_folder, run_folder, save_figure, write_json
 from ._settings import Setting, SettingError, resolve
 from ._sweepable import Sweepable
 

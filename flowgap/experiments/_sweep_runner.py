@@ -10,7 +10,7 @@ from importlib.metadata import version
 import jax
 import numpy as np
 
-from ..sweeps import SweepInterrupted, SweepResult, sweep
+from ..sweeps import SweepInterrupted, SweepResult, default_batch_size, sweep
 from . import _registry
 from ._output import make_folder, run_folder, save_figure, write_json
 from ._settings import SettingError, resolve
@@ -213,6 +213,8 @@ def run_sweep(
         grid=[[k, v.tolist()] for k, v in axes.items()],
         seeds=seeds,
         runs_per_chunk=per_chunk,
+        # resolved now, so a resumed sweep runs the same program
+        batch_size=default_batch_size(),
         devices=devices,
     )
     write_json(folder / "settings.json", record)
@@ -256,6 +258,8 @@ def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
             fn,
             grid,
             chunk_size=record["runs_per_chunk"],
+            # folders written before batch_size existed ran one vmap per chunk
+            batch_size=record.get("batch_size", "all"),
             checkpoint=folder / CHUNKS,
             progress=progress,
         )

@@ -4,7 +4,7 @@ import pathlib
 import jax
 import numpy as np
 
-from ..experiments._output import write_npz
+from ._io import write_npz
 
 
 @dataclasses.dataclass(frozen=True)
