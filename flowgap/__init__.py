@@ -5,7 +5,6 @@ import importlib.metadata
 
 from . import analysis as analysis
 from . import dynamics as dynamics
-from . import experiments as experiments
 from . import invariants as invariants
 from . import models as models
 from . import problems as problems
@@ -32,3 +31,13 @@ from .dynamics import (
 from .sweeps import sweep as sweep
 
 __version__ = importlib.metadata.version("flowgap")
+
+
+def __getattr__(name):
+    # `flowgap.experiments` (the CLI's jobs, matplotlib included) loads on first
+    # use, so `import flowgap` stays the library alone.
+    if name == "experiments":
+        import importlib
+
+        return importlib.import_module(".experiments", __name__)
+    raise AttributeError(f"module 'flowgap' has no attribute {name!r}")

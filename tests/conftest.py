@@ -7,3 +7,12 @@ jax.config.update("jax_enable_x64", True)
 @pytest.fixture
 def key():
     return jax.random.key(5678)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    """Drop JAX's compiled programs after each test module: the suite runs in one
+    process, and without this every module's executables stay resident to the
+    end (a late XLA compile aborted on the 24 GiB CI machine)."""
+    yield
+    jax.clear_caches()

@@ -2,41 +2,40 @@
 
 import warnings
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from .._checks import positive_scalar
+from .._lanczos import lanczos
+from ._common import split_model
+from ._flat import FlatLayout
+from ._rates import check_rates, restrict_rates
 
 
 class StabilityWarning(UserWarning):
     """The learning rate exceeds the linear stability limit 2/sharpness."""
 
 
-def check_stability(loss, model, *, lr, rates=None, warn: bool = True) -> float:
+def check_stability(
+    loss, model, *, lr, rates=None, warn: bool = True, trainable=None
+) -> float:
     r"""η·λ_max at θ₀, and a warning when GD is linearly unstable there.
 
     Near θ₀, GD with rates P is θ ← θ − ηP(g + H(θ − θ₀)); in the variables
     φ = P^{-1/2}θ its linear part is I − ηP^{1/2}HP^{1/2}, stable iff
     η·λ_max(P^{1/2}HP^{1/2}) < 2 (Cohen et al.'s 2/η threshold). λ_max comes from
-    Lanczos on Hessian-vector products (`flowgap.analysis.sharpness`); no Hessian
-    is formed.
+    Lanczos on Hessian-vector products (min(D, 64) steps from a fixed random
+    start, as `flowgap.analysis.sharpness`); no Hessian is formed.
 
     **Arguments:** `loss`, `model` (the initial model), `lr` (> 0, concrete),
-    `rates` (as for `gradient_descent`), `warn` (issue a `StabilityWarning` when
-    the product is ≥ 2).
+    `rates` and `trainable` (as for `gradient_descent`), `warn` (issue a
+    `StabilityWarning` when the product is ≥ 2).
 
     **Returns:** η·λ_max(P^{1/2}HP^{1/2}) at θ₀ (float).
     """
-    from ..analysis import sharpness  # analysis builds on dynamics
-    from ..invariants._flat import flat_rates, flatten
-
     lr = float(positive_scalar("lr", lr))
-    theta0, rebuild = flatten(model)
-    root = jnp.sqrt(flat_rates(rates, model))
-
-    def scaled_loss(phi):
-        return loss(rebuild(theta0 + root * phi))
-
-    top = float(sharpness(scaled_loss, jnp.zeros_like(theta0)))
+    top = _top_eigenvalue(loss, model, rates, trainable)
     product = lr * top
     if warn and product >= 2:
         warnings.warn(
@@ -47,3 +46,33 @@ def check_stability(loss, model, *, lr, rates=None, warn: bool = True) -> float:
             stacklevel=2,
         )
     return product
+
+
+def _top_eigenvalue(loss, model, rates, trainable) -> float:
+    """λ_max(P^{1/2}HP^{1/2}) at the model's trainable parameters θ₀: the top
+    eigenvalue of the Hessian of φ ↦ L(θ₀ + P^{1/2}φ) at φ = 0."""
+    params, static = split_model(model, trainable)
+    layout = FlatLayout.of(params)
+    theta0 = layout.ravel(params)
+    rates = restrict_rates(check_rates(rates, model), params)
+    if rates is None:
+        root = jnp.ones_like(theta0)
+    else:
+        full = jax.tree.map(lambda r, p: jnp.broadcast_to(r, p.shape), rates, params)
+        root = jnp.sqrt(layout.ravel(full))
+
+    return float(_top(loss, theta0, static, layout, root))
+
+
+@eqx.filter_jit
+def _top(loss, theta0, static, layout, root):
+    def scaled_loss(phi):
+        return loss(eqx.combine(layout.unravel(theta0 + root * phi), static))
+
+    grad = jax.grad(scaled_loss)
+    phi0 = jnp.zeros_like(theta0)
+    v0 = jax.random.normal(jax.random.key(0), theta0.shape, theta0.dtype)
+    values, _ = lanczos(
+        lambda v: jax.jvp(grad, (phi0,), (v,))[1], v0, min(theta0.shape[0], 64)
+    )
+    return values[-1]
