@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# mkdocs-material prints a banner about MkDocs 2.0 on every build; it is not ours.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all docs docs-serve docs-results docs-results-quick bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
@@ -24,18 +30,36 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/flowgap run step-vs-flow $(ARGS)
 
+# The docs must build without a warning before the tests run.
 test: $(VENV)/.installed-test
+	$(MKDOCS) build --strict --quiet
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-all: $(VENV)/.installed-test
+	$(MKDOCS) build --strict --quiet
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+# The documentation site, built into site/ (mkdocs.yml, pages under docs/).
+docs: $(VENV)/.installed-docs
+	$(MKDOCS) build --strict
+
+docs-serve: $(VENV)/.installed-docs
+	$(MKDOCS) serve
+
+# The study pages' results: every job at its default settings (tens of minutes on
+# 2 CPU cores), or the committed docs profile (--quick except step-vs-flow).
+docs-results: $(VENV)/.installed
+	$(BIN)/python docs/gen_results.py --full $(ARGS)
+
+docs-results-quick: $(VENV)/.installed
+	$(BIN)/python docs/gen_results.py $(ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py $(ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check flowgap tests benchmarks
-	$(BIN)/ruff format --check flowgap tests benchmarks
+	$(BIN)/ruff check flowgap tests benchmarks docs/*.py
+	$(BIN)/ruff format --check flowgap tests benchmarks docs/*.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site .cache
