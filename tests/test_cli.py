@@ -124,11 +124,13 @@ def test_gap_job_quick(tmp_path):
     assert len(result.rows) == 9
     for row in result.rows:
         low, high = row["ci"]
-        # every expected slope (1, 2, 3) lies in its fitted 95% interval ...
-        assert low <= row["expected"] <= high, row
-        # ... and, away from the diagonal net's pre-asymptotic largest η, close by
-        if row["model"] != "diagonal":
-            assert abs(row["slope"] - row["expected"]) < 0.1, row
+        # four learning rates (2 degrees of freedom): the gaps lie on a power law
+        # (95% interval measured ≤ 0.09 wide) ...
+        assert high - low < 0.15, row
+        # ... whose slope is the expected order (1, 2, 3): the next-order term
+        # bends it by at most 0.041 at these steps (measured; an interval may
+        # then just exclude the asymptotic value), well inside 0.06
+        assert abs(row["slope"] - row["expected"]) < 0.06, row
     assert (folder / "figure.png").exists()
 
 

@@ -1,4 +1,4 @@
-"""The conservation laws of science.md §4 hold along `gradient_flow` (float64,
+"""The conservation laws (docs: theory/invariants) hold along `gradient_flow` (float64,
 tight tolerance). These pin the flow; the invariants library is a later issue."""
 
 import diffrax

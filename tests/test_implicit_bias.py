@@ -1,5 +1,5 @@
 """The GF limit of a depth-2 DiagonalNet from u = v = α·1 is the Woodworth
-Q_α minimiser (science.md §5)."""
+Q_α minimiser (docs: theory/implicit-bias)."""
 
 import diffrax
 import jax

@@ -51,8 +51,11 @@ def test_gap_exponents_are_1_2_3(key, name):
     table = gap_exponent(problem.loss, model, lrs=[0.1, 0.05, 0.025, 0.0125], t1=1.0)
     for order, fit in table.fits.items():
         assert abs(fit["slope"] - (order + 1)) <= 0.15, (order, fit)
+        # the four gaps lie on one power law: a 95% interval narrower than
+        # ±0.05 (a curved, pre-asymptotic ladder gives a wide one; measured
+        # half-widths are ≤ 0.02 here)
         low, high = fit["ci"]
-        assert low < fit["slope"] < high
+        assert high - low <= 0.1, (order, fit)
     assert "order-2 modified flow" in table.table()
 
 
@@ -114,7 +117,7 @@ def test_bad_input(key):
     other = flowgap.gradient_descent(
         problem.loss, DeepLinear((4, 2, 3), scale=0.5, key=key), lr=0.1, steps=4
     )
-    with pytest.raises(ValueError, match="different model structures"):
+    with pytest.raises(ValueError, match="different (model structures|parameters)"):
         compare(a, other)
     with pytest.raises(ValueError, match="`metric`"):
         compare(a, a, metric="nope")

@@ -1,5 +1,5 @@
 """Saddle-to-saddle: stage detection, one rank per stage, the finite-step
-slowdown per plateau, and unit alignment (science.md §6)."""
+slowdown per plateau, and unit alignment (docs: theory/saddle-to-saddle)."""
 
 import numpy as np
 import pytest

@@ -125,7 +125,7 @@ def test_divergence_inside_a_vmapped_sweep_is_per_run(key):
         )
 
     batched = jax.vmap(run)(lrs)
-    diverged = np.asarray(batched.result._value == RESULTS.diverged._value)
+    diverged = np.asarray(batched.result == RESULTS.diverged)
     assert np.array_equal(diverged, np.asarray(lrs) > 1.0)
     for i, lr in enumerate(lrs):
         solo = run(lr)

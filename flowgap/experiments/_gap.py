@@ -3,7 +3,8 @@ r"""gap: gap exponents of gradient descent against the flow and its modified flo
 For a diagonal net (sparse recovery), a deep linear net (low-rank target) and a
 tanh two-layer net (teacher–student), GD at a ladder of learning rates is compared
 at the horizon T with the gradient flow and the order-1 and order-2 modified flows
-(science.md §1). Backward error analysis predicts log–log slopes 1, 2 and 3; the
+(docs: theory/one-clock). Backward error analysis predicts log–log slopes 1, 2 and 3;
+the
 table gives the fitted slopes with 95% confidence intervals.
 """
 
@@ -32,7 +33,7 @@ SETTINGS = (
     Setting("atol", 1e-13, "flow absolute tolerance (Dopri8)", positive=True),
 )
 
-QUICK = dict(lrs=(0.1, 0.05, 0.025), t1=0.5)
+QUICK = dict(lrs=(0.05, 0.025, 0.0125, 0.00625), t1=0.5)
 
 ORDERS = {0: "GF", 1: "order-1 modified flow", 2: "order-2 modified flow"}
 

@@ -1,6 +1,7 @@
 r"""invariants: how gradient steps break the flow's conservation laws.
 
-Four models with known laws (science.md §4) — a depth-2 diagonal net (u⊙v), the
+Four models with known laws (docs: theory/invariants) — a depth-2 diagonal net (u⊙v),
+the
 polar diagonal net trained by Salimans–Kingma steps (‖θ‖²), a deep linear net
 (balancedness) and a ReLU two-layer net (per-unit ‖in‖² − ‖out‖²) — are trained by
 gradient descent at a ladder of learning rates and by the exact flow. Along each

@@ -3,14 +3,18 @@ r"""saddle-skip: gradient evaluations of small-init GD vs the plateau-skipping t
 A linear two-layer net f(x) = W₂W₁x (width m) fits a teacher y = W*x with
 W* = U diag(s) Vᵀ on inputs with covariance diag(j^(−decay)) (decay 0: XᵀX/n = I
 exactly). Plain GD from init scale α spends ≈ ln(1/α)/ln(1 + ησ) steps on the
-plateau before the mode with singular value σ is learned (science.md §6), so its
+plateau before the mode with singular value σ is learned (docs:
+theory/saddle-to-saddle), so its
 count grows linearly in ln(1/α); `dynamics.saddle_skip` starts at the origin
 saddle and jumps along each saddle's top eigenvector, so its count does not
 depend on α. Each GD run stops when its loss is within `loss_gap` of the
-skipper's final loss; the table counts gradient evaluations of both.
+skipper's final loss; the table counts every gradient evaluated by each
+(`stats["num_grad_evals"]`, the stopping gradients included) and their wall
+times, each measured on a second, already compiled call.
 """
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -87,13 +91,16 @@ class SaddleSkipResult:
     def table(self) -> str:
         head = (
             f"{'α':>8} {'GD evals':>9} {'skip evals':>11} {'ratio':>7} "
-            f"{'skip+ls evals':>14} {'ratio':>7} {'GD loss':>11} {'skip loss':>11}"
+            f"{'skip+ls evals':>14} {'ratio':>7} {'GD ms':>8} {'skip ms':>8} "
+            f"{'skip+ls ms':>11} {'GD loss':>11} {'skip loss':>11}"
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(
                 f"{r['scale']:>8.0e} {r['gd_evals']:>9d} {r['skip_evals']:>11d} "
                 f"{r['ratio']:>7.2f} {r['skip_ls_evals']:>14d} {r['ratio_ls']:>7.1f} "
+                f"{1e3 * r['gd_seconds']:>8.1f} {1e3 * r['skip_seconds']:>8.1f} "
+                f"{1e3 * r['skip_ls_seconds']:>11.1f} "
                 f"{r['gd_loss']:>11.4e} {r['skip_loss']:>11.4e}"
             )
         f = self.fits
@@ -171,18 +178,19 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
     template = models.TwoLayer(
         s["d"], s["width"], s["out_dim"], activation="linear", scale=1.0, key=init_key
     )
-    skips = {
-        name: dynamics.saddle_skip(
-            problem.loss,
-            template,
-            lr=s["lr"],
-            jump=s["jump"],
-            grad_tol=s["grad_tol"],
-            stage_steps=s["max_steps"],
-            line_search=name == "skip_ls",
+    skips, seconds = {}, {}
+    for name in ("skip", "skip_ls"):
+        skips[name], seconds[name] = _timed(
+            lambda name=name: dynamics.saddle_skip(
+                problem.loss,
+                template,
+                lr=s["lr"],
+                jump=s["jump"],
+                grad_tol=s["grad_tol"],
+                stage_steps=s["max_steps"],
+                line_search=name == "skip_ls",
+            )
         )
-        for name in ("skip", "skip_ls")
-    }
     for name, traj in skips.items():
         if not traj.successful:
             raise RuntimeError(f"{name}: {traj.message()}")
@@ -197,12 +205,14 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
             scale=scale,
             key=init_key,
         )
-        gd = dynamics.gradient_descent(
-            problem.loss,
-            net,
-            lr=s["lr"],
-            steps=s["max_steps"],
-            stop_when=dynamics.LossBelow(target),
+        gd, gd_seconds = _timed(
+            lambda net=net: dynamics.gradient_descent(
+                problem.loss,
+                net,
+                lr=s["lr"],
+                steps=s["max_steps"],
+                stop_when=dynamics.LossBelow(target),
+            )
         )
         if gd.result != dynamics.RESULTS.event_occurred:
             raise RuntimeError(
@@ -221,6 +231,9 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
                 ratio=evals / n_skip,
                 skip_ls_evals=n_ls,
                 ratio_ls=evals / n_ls,
+                gd_seconds=gd_seconds,
+                skip_seconds=seconds["skip"],
+                skip_ls_seconds=seconds["skip_ls"],
                 gd_loss=float(gd.final_loss),
                 skip_loss=float(skips["skip"].final_loss),
                 skip_ls_loss=float(skips["skip_ls"].final_loss),
@@ -252,3 +265,12 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
         skip_ls_loss=np.asarray(skips["skip_ls"].loss),
     )
     return SaddleSkipResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
+
+
+def _timed(train):
+    """(trajectory, seconds) of `train()`, timed on a second call so that
+    compilation is not counted (both calls compute the same run)."""
+    jax.block_until_ready(train())
+    start = time.perf_counter()
+    traj = jax.block_until_ready(train())
+    return traj, time.perf_counter() - start

@@ -2,7 +2,8 @@ r"""saddle-to-saddle: small-init two-layer nets learn in stages, one rank at a t
 
 A two-layer net f(x) = W₂σ(W₁x) (σ linear or tanh) from N(0, α²) entries fits a
 rank-3 linear teacher on anisotropic Gaussian inputs by GD and by the exact flow
-(science.md §6). The loss is a staircase: each plateau sits at a saddle whose
+(docs: theory/saddle-to-saddle). The loss is a staircase: each plateau sits at a saddle
+whose
 end-to-end map has rank k, and each stage adds one rank. Stages are detected
 automatically (`analysis.detect_stages`) on both clocks, at two init scales.
 
@@ -135,7 +136,8 @@ def _alignment(traj, coefficient):
 
 
 def _layerwise(problem, s):
-    """Layer-wise GD on W₃W₂W₁ (science.md §6): loss and σ₂/σ₁ of each layer."""
+    """Layer-wise GD on W₃W₂W₁ (docs: theory/saddle-to-saddle): loss and σ₂/σ₁ of each
+    layer."""
     dims = (s["d"], s["width"], s["width"], s["out_dim"])
     net = models.DeepLinear(dims, scale=s["layerwise_scale"], key=jax.random.key(2))
     traj = dynamics.gradient_descent(

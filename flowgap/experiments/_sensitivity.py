@@ -5,7 +5,7 @@ problem (Gaussian X, s-sparse β*, y = Xβ*). The derivative of its converged
 limit with respect to the init scale α is computed three ways:
 
 - implicit: the implicit-function-theorem derivative of the dual optimality
-  condition of science.md §5 (`analysis.woodworth_limit_derivative`), on a
+  condition (docs: theory/implicit-bias; `analysis.woodworth_limit_derivative`), on a
   dense α grid (no trajectory);
 - unrolled GF: forward-mode derivative of β(T) through the exact flow, stopped
   by the event L < `tol` (`stop_when=LossBelow(tol)`);

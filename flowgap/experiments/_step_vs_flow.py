@@ -89,7 +89,8 @@ def point(settings, *, key, scale, lr):
         rtol=s["rtol"],
         atol=s["atol"],
     )
-    gd_status, gf_status = gd.result._value, gf.result._value
+    gd_status = dynamics.status_code(gd.result)
+    gf_status = dynamics.status_code(gf.result)
     return dict(
         recovery_error=jnp.linalg.norm(gd.final.end_to_end() - problem.truth),
         flow_recovery_error=jnp.linalg.norm(gf.final.end_to_end() - problem.truth),

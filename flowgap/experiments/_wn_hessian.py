@@ -2,7 +2,8 @@ r"""wn-hessian: predictor Hessian of weight-normalised MLPs against width and mi
 
 Weight-normalised tanh MLPs (every layer, output included, rows wᵢ = gᵢvᵢ/‖vᵢ‖)
 and the same networks without weight normalisation are measured at several widths
-m and depths (science.md §3, §7; Cisneros-Velarde et al. 2024): the spectral norm
+m and depths (docs: theory/models, theory/curvature; Cisneros-Velarde et al. 2024): the
+spectral norm
 of the predictor Hessian ‖∇²_θ f(θ; x)‖₂ (mean over a few training inputs x) and
 the loss sharpness λ_max(∇²L), both by Lanczos on Hessian-vector products, at
 initialisation and along gradient descent. Width exponents p in ‖H‖ ∝ mᵖ are

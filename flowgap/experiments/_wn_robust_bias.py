@@ -8,7 +8,8 @@ and 3, from u = v = α·1, for init scales α over several decades and rate rati
 explicit Tsit5, with an implicit Kvaerno5 fallback where the explicit solve fails)
 and by gradient descent (plain GD; for the polar nets the projected "rPGD" and the
 Salimans–Kingma variant). It reports the recovery error ‖β_∞ − β*‖, the time / steps
-to converge, and the theory of science.md §5: the Woodworth Q_α minimiser for the
+to converge, and the theory (docs: theory/implicit-bias): the Woodworth Q_α minimiser
+for the
 plain depth-2 net, and for the polar flow the plain limit from the effective scale
 α_eff = α(r_∞/r₀)exp(−(ρ/2)(r_∞² − r₀²)) computed from the measured final radius.
 
@@ -141,21 +142,21 @@ def _model(family: str, dim: int, depth: int, scale):
     )
 
 
-def _radii(model):
+def _radii(model, family: str):
     """Final radius and stored-direction norm per block, shape (2,) (repeated for
     the stacked net; NaN for the plain net)."""
-    if not isinstance(model, models.PolarDiagonalNet):
+    if family == "plain":
         nan = jnp.full((2,), jnp.nan, model.u.dtype)
         return nan, nan
     norm = jnp.linalg.norm(model.direction, axis=-1)
     return jnp.broadcast_to(model.radius, (2,)), jnp.broadcast_to(norm, (2,))
 
 
-def _outputs(traj, problem, model0, scale, ratio, implicit):
+def _outputs(traj, problem, model0, scale, ratio, implicit, family):
     """The scalars and vectors one run reports (see `train`)."""
     final = traj.final
-    radius, direction_norm = _radii(final)
-    r0, _ = _radii(model0)
+    radius, direction_norm = _radii(final, family)
+    r0, _ = _radii(model0, family)
     beta = final.end_to_end()
     return dict(
         beta=beta,
@@ -163,7 +164,9 @@ def _outputs(traj, problem, model0, scale, ratio, implicit):
         final_loss=traj.final_loss,
         time=traj.stop_time,
         steps=traj.stats["num_steps"],
-        status=traj.result._value,
+        status=dynamics.status_code(traj.result),
+        successful=traj.successful,
+        converged=traj.result == dynamics.RESULTS.event_occurred,
         implicit=jnp.asarray(implicit),
         radius=radius,
         direction_norm=direction_norm,
@@ -199,9 +202,10 @@ def train(problem, scale, ratio, *, family, method, depth, settings, implicit=Fa
 
     **Returns:** a dict: `beta` β_∞, `recovery_error` ‖β_∞ − β*‖, `final_loss`,
     `time` (flow time, or k·η, at the stop), `steps` (solver / GD steps),
-    `status` (`flowgap.RESULTS` code; `event_occurred` = converged), `implicit`,
+    `status` (`flowgap.RESULTS` code), `successful` (the run ended normally),
+    `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`), `implicit`,
     `radius` and `direction_norm` (per block; NaN for the plain net) and
-    `alpha_eff` (science.md §5, from the final radius).
+    `alpha_eff` (docs: theory/implicit-bias, from the final radius).
     """
     s = settings
     model = _model(family, s["d"], depth, scale)
@@ -219,14 +223,11 @@ def train(problem, scale, ratio, *, family, method, depth, settings, implicit=Fa
             projection=models.PolarDiagonalNet.normalised if method == "rpgd" else None,
             stop_when=dynamics.LossBelow(s["tol"]),
         )
-    return _outputs(traj, problem, model, scale, ratio, implicit)
+    return _outputs(traj, problem, model, scale, ratio, implicit, family)
 
 
 def _failed(out):
-    ok = (out["status"] == dynamics.RESULTS.successful._value) | (
-        out["status"] == dynamics.RESULTS.event_occurred._value
-    )
-    return ~ok
+    return ~out["successful"]
 
 
 def train_with_fallback(problem, scale, ratio, **kwargs):
@@ -265,7 +266,7 @@ def point(settings, *, key, scale, ratio):
         depth=s["depth"],
         settings=s,
     )
-    converged = out["status"] == dynamics.RESULTS.event_occurred._value
+    converged = out["converged"]
     return dict(
         recovery_error=out["recovery_error"],
         final_loss=out["final_loss"],
@@ -377,11 +378,12 @@ def _relative(a, b):
 
 
 def _status_name(code: int) -> str:
-    if code == dynamics.RESULTS.event_occurred._value:
+    name = dynamics.status_name(code)
+    if name == "event_occurred":
         return "converged"
-    if code == dynamics.RESULTS.successful._value:
+    if name == "successful":
         return "budget"  # ran out of steps / time before L < tol
-    return {1: "max_steps", 14: "diverged"}.get(code, f"failed({code})")
+    return {"max_steps_reached": "max_steps"}.get(name, name)
 
 
 @dataclasses.dataclass
@@ -507,7 +509,7 @@ def _theory(problem, family, depth, method, values, s):
         if np.any(np.isnan(theory)):  # depth ≥ 3, or where the dual solve failed
             flow = _effective_prediction(problem, depth, values, s)
             theory = np.where(np.isnan(theory), flow, theory)
-    ok = np.asarray(values["status"]) == dynamics.RESULTS.event_occurred._value
+    ok = np.asarray(values["converged"])
     error = np.where(ok, np.linalg.norm(theory - truth, axis=-1), np.nan)
     return dict(error=error, gap=np.where(ok, _relative(beta, theory), np.nan))
 
@@ -552,7 +554,14 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> WNRobustBiasResu
         theory = _theory(problem, family, depth, method, values, s)
         rows += _rows_for(family, depth, method, values, s, theory)
         tag = f"{family}/L{depth}/{method}"
-        for name in ("recovery_error", "time", "steps", "status", "implicit"):
+        for name in (
+            "recovery_error",
+            "time",
+            "steps",
+            "status",
+            "converged",
+            "implicit",
+        ):
             curves[f"{tag}/{name}"] = values[name]
         curves[f"{tag}/alpha_eff"] = values["alpha_eff"]
         curves[f"{tag}/r_inf"] = values["radius"]
@@ -701,11 +710,9 @@ def _figure(result):
     for family in families:
         for depth in depths:
             tag = f"{family}/L{depth}/gf"
-            t = np.where(
-                c[f"{tag}/status"] == dynamics.RESULTS.event_occurred._value,
-                c[f"{tag}/time"],
-                np.nan,
-            )[:, col(family, "gf")]
+            t = np.where(c[f"{tag}/converged"], c[f"{tag}/time"], np.nan)[
+                :, col(family, "gf")
+            ]
             ax.loglog(
                 scales,
                 t,
@@ -728,11 +735,9 @@ def _figure(result):
                 continue
             for depth in depths:
                 tag = f"{family}/L{depth}/{method}"
-                k = np.where(
-                    c[f"{tag}/status"] == dynamics.RESULTS.event_occurred._value,
-                    c[f"{tag}/steps"],
-                    np.nan,
-                )[:, col(family, method)]
+                k = np.where(c[f"{tag}/converged"], c[f"{tag}/steps"], np.nan)[
+                    :, col(family, method)
+                ]
                 ax.loglog(
                     scales,
                     k,
@@ -771,7 +776,7 @@ def _errors(ax, c, tag, column, style, **kwargs):
     hollow markers."""
     scales = c["scales"]
     error = c[f"{tag}/recovery_error"][:, column]
-    ok = c[f"{tag}/status"][:, column] == dynamics.RESULTS.event_occurred._value
+    ok = c[f"{tag}/converged"][:, column]
     (line,) = ax.loglog(scales, np.where(ok, error, np.nan), style, **kwargs)
     ax.loglog(
         scales[~ok],
@@ -802,7 +807,7 @@ def _heat_map(ax, result, method, depth):
     for i in range(len(scales)):
         for j in range(len(ratios)):
             mark = "K" if c[f"{tag}/implicit"][i, j] else ""
-            if c[f"{tag}/status"][i, j] != dynamics.RESULTS.event_occurred._value:
+            if not c[f"{tag}/converged"][i, j]:
                 mark += "!"
             ax.text(
                 i, j, f"{ratio[i, j]:.1f}{mark}", ha="center", va="center", fontsize=8

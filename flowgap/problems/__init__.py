@@ -1,4 +1,4 @@
-"""Problems: data, ground truth and a half-MSE loss (science.md §2)."""
+"""Problems: data, ground truth and a half-MSE loss (docs: theory/one-clock)."""
 
 from ._generators import (
     low_rank as low_rank,

@@ -9,7 +9,7 @@ class RegressionProblem(eqx.Module):
 
     $$L(\text{model}) = \frac{1}{2n}\sum_{i=1}^n \lVert f(x_i) - y_i\rVert^2$$
 
-    (science.md §2: "half MSE"; any other convention only rescales time).
+    (docs: theory/one-clock: "half MSE"; any other convention only rescales time).
 
     The data are array fields of an Equinox module, so `problem.loss` (a bound
     method, itself a pytree) carries them as traced inputs: a new data set of the
