@@ -21,14 +21,15 @@ Below, θ are the model's trainable parameters (its floating-point arrays) and
 model's conservation laws of the gradient flow dθ/dt = −P∇L, by name: each value is
 a function Q: `Model` → array with ⟨∇Q(θ), P∇L(θ)⟩ = 0 for every loss L of the
 model's output (docs: theory/invariants). Data-dependent ("mirror") laws, which hold
-only for
-losses of X·(something), are included only when `inputs` = X is given; `ratio` is
-the rate ratio ρ = η_θ/η_r of models trained at two rates (`PolarDiagonalNet`;
-others ignore it). It must not touch array values (it is called while tracing), and
-a value must compute its law, not call `flowgap.invariants.<name>` (which looks the
-law up here). An empty dict claims none. Used by `flowgap.invariants.known`
-(hence `count_conservation_laws(known=...)`, the invariants experiment) and by
-`flowgap.invariants.balancedness`, `unit_rescaling` and `weight_norm_directions`,
+only for losses of X·(something), are included only when `inputs` = X is given;
+`ratio` is the rate ratio ρ = η_θ/η_r of models trained at two rates
+(`PolarDiagonalNet`; others ignore it). It must not touch array values (it is called
+while tracing), and a value must compute its law, not call
+`flowgap.invariants.<name>` (which looks the law up here). An empty dict claims
+none. Used by `flowgap.invariants.known` (hence
+`count_conservation_laws(known=...)`, the invariants experiment) and by
+`flowgap.invariants.balancedness`, `unit_rescaling`, `weight_norm_directions`,
+`diagonal_balance`, `diagonal_mirror`, `polar_direction_norm` and `polar_mirror`,
 which evaluate the law of that name. flowgap: every model; also `eqx.nn.MLP`
 (below).
 
@@ -44,13 +45,14 @@ leaky-ReLU `TwoLayer` (the per-unit rank-one matrices W₂[:, i]W₁[i]).
 **`layer_blocks(self) -> tuple[Callable, ...]`.** The layers, as selectors
 `Model` → array or pytree of arrays (as for `eqx.tree_at`) that partition the
 trainable arrays: block b is θ_b. Used by `flowgap.gradient_descent(...,
-layerwise=True)`, which normalises each block's step separately. flowgap:
+layerwise=True)`, which updates only block k mod B at step k. flowgap:
 `DeepLinear` (each W_j), `TwoLayer` (W₁, W₂), `MLP` (each layer); also
 `eqx.nn.MLP` (each layer).
 
 **`saddle_units(self) -> tuple[int, float, tuple[int, int]]`** and
 **`add_unit(self, index, left, right, size) -> Model`.** The hooks of the
-plateau-skipping trainer `flowgap.dynamics.saddle_skip` (docs: theory/saddle-to-saddle).
+plateau-skipping trainer `flowgap.dynamics.saddle_skip` (docs:
+theory/saddle-to-saddle).
 `saddle_units` returns (m, σ'(0), (k, d)): the model is a sum of m units that
 vanish at θ = 0, which is a saddle, and its linearisation there in the units'
 weights is x ↦ σ'(0)·A x with A ∈ ℝ^{k×d} bilinear in the units (for a two-layer
