@@ -30,14 +30,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/flowgap run step-vs-flow $(ARGS)
 
-# The docs must build without a warning before the tests run.
+# The docs must build without a warning before the tests run. The tests run on
+# every core (pytest-xdist); `make test ARGS="-n 0"` runs them in one process.
 test: $(VENV)/.installed-test
 	$(MKDOCS) build --strict --quiet
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(MKDOCS) build --strict --quiet
-	$(BIN)/python -m pytest -q -m '' $(ARGS)
+	$(BIN)/python -m pytest -q -n auto -m '' $(ARGS)
 
 # The documentation site, built into site/ (mkdocs.yml, pages under docs/).
 docs: $(VENV)/.installed-docs

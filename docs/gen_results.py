@@ -28,7 +28,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import subprocess
@@ -62,19 +61,21 @@ def experiments() -> dict:
 
 
 def result_class(name: str) -> type:
-    """The dataclass a job returns (fields settings, rows, fits, curves; a
-    `table()` method), found in the job's module."""
+    """The job's result class: the one `ExperimentResult` subclass its module
+    defines or re-exports."""
+    from flowgap.experiments import ExperimentResult
+
     module = sys.modules[experiments()[name].run.__module__]
-    for value in vars(module).values():
-        if (
-            dataclasses.is_dataclass(value)
-            and isinstance(value, type)
-            and {f.name for f in dataclasses.fields(value)}
-            == {"settings", "rows", "fits", "curves"}
-            and callable(getattr(value, "table", None))
-        ):
-            return value
-    raise LookupError(f"no result class with a table() in {module.__name__}")
+    found = {
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ExperimentResult)
+        and value is not ExperimentResult
+    }
+    if len(found) != 1:
+        raise LookupError(f"{module.__name__} has {len(found)} result classes, not 1")
+    return found.pop()
 
 
 def load(folder: pathlib.Path) -> tuple[dict, dict, dict]:

@@ -13,6 +13,7 @@ to resume and exit with 128 + the signal number.
 """
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -221,7 +222,10 @@ def _run(args) -> int:
         progress=not args.no_progress,
     )
     print(result.table())
-    print(f"\nwrote {folder}/ (settings.json, results.json, arrays.npz, figure.png)")
+    print(
+        f"\nwrote {folder}/ (settings.json, results.json, results.nc, arrays.npz, "
+        "figure.png)"
+    )
     return 0
 
 
@@ -254,6 +258,9 @@ def _catch_sigterm():
 
 
 def _main(argv, debug) -> int:
+    # The CLI only writes figures to files, so it picks the file backend (unless
+    # the user chose one); library code never chooses a backend.
+    os.environ.setdefault("MPLBACKEND", "Agg")
     from .experiments import EXPERIMENTS, SettingError
     from .experiments._output import OutputError
     from .sweeps import SweepInterrupted

@@ -160,7 +160,8 @@ def test_bad_sweep_input_is_one_line_and_exit_2(args, needle, capsys):
 
 
 def test_netcdf_matches_npz(reference):
-    xarray = pytest.importorskip("xarray")  # the optional `sweeps` extra
+    import xarray
+
     with xarray.open_dataset(reference / "sweep.nc") as dataset:
         result = load_sweep(reference / "sweep.npz")
         assert list(dataset.sizes) == ["scale", "lr", "seed"]

@@ -14,7 +14,8 @@ import flowgap
 from flowgap.analysis import effective_scale, woodworth_limit
 from flowgap.experiments import _wn_robust_bias as wn
 from flowgap.experiments._settings import resolve
-from flowgap.problems import sparse_recovery
+from flowgap.models import DiagonalNet
+from flowgap.problems import RegressionProblem, sparse_recovery
 
 
 def test_effective_scale_formula():
@@ -59,6 +60,26 @@ def test_polar_limit_is_plain_limit_from_effective_scale(scale, ratio, low, high
     assert low < float(alpha_eff) / scale < high
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("scale", [1e-3, 3.0])
+def test_learning_rate_is_the_gauss_newton_stability_bound(depth, scale):
+    """The closed form is `stable_learning_rate` (Lanczos on the full Hessian) at
+    u = v = m·1, m = max(α, ‖X⁺y‖_∞^{1/L}), for the loss with targets
+    Xβ(m·1) = 0: the Gauss–Newton Hessian does not depend on y, and at zero
+    residual it is the full Hessian. α = 1e-3 takes m from X⁺y, α = 3 is m = α.
+    2d = 24 ≤ 64 Lanczos steps: exact up to round-off."""
+    problem = sparse_recovery(jax.random.key(1), n=5, d=12, sparsity=2)
+    ridge = jnp.linalg.pinv(problem.inputs) @ problem.targets
+    m = max(scale, float(jnp.max(jnp.abs(ridge))) ** (1 / depth))
+    assert (m == scale) == (scale == 3.0)
+    interpolated = RegressionProblem(problem.inputs, jnp.zeros(problem.n))
+    expected = flowgap.dynamics.stable_learning_rate(
+        interpolated.loss, DiagonalNet(12, depth=depth, scale=m), fraction=0.5
+    )
+    lr = wn.learning_rate(problem, depth, scale, 0.5)
+    assert float(lr) == pytest.approx(float(expected), rel=1e-10)
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("wn") / "run"
@@ -82,6 +103,32 @@ def test_writes_its_folder(quick):
             len(s["scales"]),
             len(s["ratios"]),
         )
+
+
+def test_report_rebuilds_from_its_folder(quick):
+    """The table and figure come from settings/rows/fits/curves alone, as
+    docs/gen_results.py rebuilds them from the JSON and npz files."""
+    result, folder = quick
+    meta = json.loads((folder / "settings.json").read_text())
+    saved = json.loads((folder / "results.json").read_text())
+    with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+        curves = {k: arrays[k] for k in arrays.files}
+    again = wn.WNRobustBiasResult(
+        settings=meta["settings"], rows=saved["rows"], fits=saved["fits"], curves=curves
+    )
+    table = again.table()
+    assert table == result.table()
+    s = result.settings
+    # one line per (model, depth, method, ρ): plain GF, GD; polar ×3 methods × ρ
+    lines = table.split("\n\n")[0].splitlines()
+    assert len(lines) == 3 + 2 + 3 * len(s["ratios"])
+    # the Kvaerno5 point (α = 0.01, ρ = 10) is marked on the polar GF line
+    assert any(
+        line.split()[:3] == ["polar", "2", "GF"] and "*" in line for line in lines
+    )
+    titles = [ax.get_title() for ax in again.figure().axes]
+    assert "gradient flow: recovery error (hollow: not converged)" in titles
+    assert any(t.startswith("polar L=2 rPGD / plain GF") for t in titles)
 
 
 def test_every_flow_finishes_and_records_its_solver(quick):

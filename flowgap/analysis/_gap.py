@@ -80,15 +80,7 @@ def gap_exponent(
 
     **Returns:** a `GapTable`.
     """
-    lrs = np.asarray(lrs, dtype=float)
-    if lrs.ndim != 1 or lrs.size < 2 or np.any(lrs <= 0):
-        raise ValueError("`lrs` must list at least two positive learning rates.")
-    t1 = float(positive_scalar("t1", t1))
-    if not set(orders) <= {0, 1, 2}:
-        raise ValueError(f"`orders` must be a subset of (0, 1, 2), got {orders}.")
-    steps = t1 / lrs
-    if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
-        raise ValueError(f"every entry of `lrs` must divide t1 = {t1:g}.")
+    lrs, t1, steps = _check_ladder(lrs, t1, orders)
     solver = diffrax.Dopri8() if solver is None else solver
     shared = dict(rates=rates, throw=True, trainable=trainable)
     common = dict(
@@ -102,16 +94,38 @@ def gap_exponent(
     ]
     gaps = {}
     for order in orders:
-        if order == 0:
-            flow = dynamics.gradient_flow(loss, model, **common).final
-            finals = [flow] * len(lrs)
-        else:
-            finals = [
-                dynamics.modified_flow(loss, model, lr=lr, order=order, **common).final
-                for lr in lrs
-            ]
+        finals = _flow_finals(loss, model, lrs, order, common)
         gaps[order] = np.array(
             [parameter_distance(a, b, trainable=trainable) for a, b in zip(gd, finals)]
         )
     fits = {o: loglog_slope(lrs, g, confidence=confidence) for o, g in gaps.items()}
     return GapTable(lrs=lrs, gaps=gaps, fits=fits)
+
+
+def _check_ladder(lrs, t1, orders) -> tuple[np.ndarray, float, np.ndarray]:
+    """(learning rates, horizon T, GD step counts T/η), after checking that the
+    ladder has two or more positive rates, each dividing T, and that every order
+    has a flow."""
+    lrs = np.asarray(lrs, dtype=float)
+    if lrs.ndim != 1 or lrs.size < 2 or np.any(lrs <= 0):
+        raise ValueError("`lrs` must list at least two positive learning rates.")
+    t1 = float(positive_scalar("t1", t1))
+    if not set(orders) <= {0, 1, 2}:
+        raise ValueError(f"`orders` must be a subset of (0, 1, 2), got {orders}.")
+    steps = t1 / lrs
+    if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
+        raise ValueError(f"every entry of `lrs` must divide t1 = {t1:g}.")
+    return lrs, t1, steps
+
+
+def _flow_finals(loss, model, lrs, order: int, common: dict) -> list:
+    """θ_flow(T) to compare with each GD run: one gradient-flow solve shared by the
+    whole ladder (order 0), or one modified-flow solve per η (its field depends
+    on η)."""
+    if order == 0:
+        flow = dynamics.gradient_flow(loss, model, **common).final
+        return [flow] * len(lrs)
+    return [
+        dynamics.modified_flow(loss, model, lr=lr, order=order, **common).final
+        for lr in lrs
+    ]

@@ -123,23 +123,29 @@ def sensitivity(fn, wrt, *, mode: str = "reverse"):
     jacobian = jax.jacrev if mode == "reverse" else jax.jacfwd
 
     def evaluate(*args, **kwargs) -> Sensitivity:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
-        parts = {name: differentiable_part(name, arguments[name]) for name in names}
-        traced = {name: part[0] for name, part in parts.items()}
-
-        def outcome(traced):
-            call = signature.bind(*bound.args, **bound.kwargs)
-            for name, value in traced.items():
-                static = parts[name][1]
-                call.arguments[name] = (
-                    value if static is None else eqx.combine(value, static)
-                )
-            out = fn(*call.args, **call.kwargs)
-            return out, out
-
-        derivatives, value = jacobian(outcome, has_aux=True)(traced)
-        return Sensitivity(value=value, derivatives=derivatives)
+        return _differentiate(fn, signature, names, jacobian, args, kwargs)
 
     return evaluate
+
+
+def _differentiate(fn, signature, names, jacobian, args, kwargs) -> Sensitivity:
+    """`fn(*args, **kwargs)` and its `jacobian` with respect to the floating-point
+    parts of the arguments in `names`, their static parts held fixed."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    parts = {name: differentiable_part(name, arguments[name]) for name in names}
+    traced = {name: part[0] for name, part in parts.items()}
+
+    def outcome(traced):
+        call = signature.bind(*bound.args, **bound.kwargs)
+        for name, value in traced.items():
+            static = parts[name][1]
+            call.arguments[name] = (
+                value if static is None else eqx.combine(value, static)
+            )
+        out = fn(*call.args, **call.kwargs)
+        return out, out
+
+    derivatives, value = jacobian(outcome, has_aux=True)(traced)
+    return Sensitivity(value=value, derivatives=derivatives)

@@ -78,6 +78,17 @@ def tune(
     if not isinstance(start, dict) or not start:
         raise TypeError("`start` must be a non-empty dict name -> initial value.")
     steps = positive_int("steps", steps)
+    point = _starting_point(start, log_scale)
+    optimizer = optax.adam(0.1) if optimizer is None else optimizer
+    evaluate, update = _programs(objective, optimizer, log_scale)
+    z = {k: jnp.log(v) if log_scale else v for k, v in point.items()}
+    record = _iterate(evaluate, update, z, optimizer.init(z), steps, progress)
+    return _result(record, tuple(point))
+
+
+def _starting_point(start: dict, log_scale: bool) -> dict:
+    """`start` as float scalar arrays; a ValueError naming an entry that is not a
+    float scalar, or not positive with `log_scale`."""
     point = {}
     for name, value in start.items():
         value, static = differentiable_part(name, value)
@@ -89,9 +100,14 @@ def tune(
                 f"{float(value)!r}."
             )
         point[name] = value
-    optimizer = optax.adam(0.1) if optimizer is None else optimizer
+    return point
+
+
+def _programs(objective, optimizer, log_scale: bool):
+    """The two compiled steps of an iteration: `evaluate(z)` → (params, objective,
+    hypergradient, the gradient the optimizer sees in z), and
+    `update(z, chain, state)` → (next z, next optimizer state)."""
     to_value = (lambda z: jnp.exp(z)) if log_scale else (lambda z: z)
-    z = {k: jnp.log(v) if log_scale else v for k, v in point.items()}
 
     @jax.jit
     def evaluate(z):
@@ -105,7 +121,12 @@ def tune(
         updates, state = optimizer.update(chain, state, z)
         return optax.apply_updates(z, updates), state
 
-    state = optimizer.init(z)
+    return evaluate, update
+
+
+def _iterate(evaluate, update, z, state, steps: int, progress: bool) -> list:
+    """(params, objective, hypergradient) at the start and after each of `steps`
+    updates; a non-finite one stops the run before the next update."""
     record = []
     bar = tqdm(range(steps + 1), desc="tune", disable=not progress, leave=False)
     for j in bar:
@@ -115,16 +136,21 @@ def tune(
         bar.set_postfix(objective=f"{float(value):.4g}")
         if j < steps:
             z, state = update(z, chain, state)
+    return record
+
+
+def _result(record: list, names: tuple) -> TuneResult:
+    """The `TuneResult` of a run's record, as host floats."""
     values = np.array([float(r[1]) for r in record])
-    path = {k: np.array([float(r[0][k]) for r in record]) for k in point}
-    grads = {k: np.array([float(r[2][k]) for r in record]) for k in point}
+    path = {k: np.array([float(r[0][k]) for r in record]) for k in names}
+    grads = {k: np.array([float(r[2][k]) for r in record]) for k in names}
     best = int(np.argmin(values))
     return TuneResult(
-        params={k: float(path[k][-1]) for k in point},
+        params={k: float(path[k][-1]) for k in names},
         path=path,
         values=values,
         grads=grads,
-        best={k: float(path[k][best]) for k in point},
+        best={k: float(path[k][best]) for k in names},
     )
 
 

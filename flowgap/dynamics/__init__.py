@@ -2,6 +2,7 @@
 
 from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
+from ._fallback import gradient_flow_with_fallback as gradient_flow_with_fallback
 from ._field import (
     AbstractField as AbstractField,
 )
@@ -43,6 +44,7 @@ from ._saddle_skip import saddle_skip as saddle_skip
 from ._saves import log_save_steps as log_save_steps
 from ._stability import StabilityWarning as StabilityWarning
 from ._stability import check_stability as check_stability
+from ._stability import stable_learning_rate as stable_learning_rate
 from ._stopping import (
     AbstractStopCondition as AbstractStopCondition,
 )

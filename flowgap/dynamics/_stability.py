@@ -5,6 +5,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from .._checks import positive_scalar
 from .._lanczos import lanczos
@@ -48,9 +49,44 @@ def check_stability(
     return product
 
 
+def stable_learning_rate(
+    loss, model, *, fraction=0.5, rates=None, trainable=None
+) -> Float[Array, ""]:
+    r"""A gradient-descent learning rate at `fraction` of the linear stability
+    limit at the model's parameters θ:
+
+    $$\eta = \text{fraction}\cdot\frac{2}{\lambda_{\max}(P^{1/2}HP^{1/2})},
+    \qquad H = \nabla^2 L(\theta),$$
+
+    the threshold of `check_stability` (docs: theory/curvature, "Sharpness and
+    the 2/η threshold"). λ_max comes from Lanczos on Hessian-vector products
+    (min(D, 64) steps from a fixed random start, exact up to round-off once
+    D ≤ 64, a lower bound on λ_max otherwise); no Hessian is formed. Traceable:
+    the model, the rates and `fraction` may be traced (e.g. under `jax.vmap` over
+    init scales).
+
+    **Arguments:** `loss`, `model` (the parameters where the curvature is
+    taken), `fraction` (> 0; below 1 for a stable step), `rates` and `trainable`
+    (as for `gradient_descent`).
+
+    **Returns:** η, a scalar array; inf where λ_max ≤ 0 (no curvature limits
+    the step).
+    """
+    fraction = positive_scalar("fraction", fraction)
+    top = _scaled_sharpness(loss, model, rates, trainable)
+    safe = jnp.where(top > 0, top, 1.0)
+    return jnp.where(top > 0, fraction * 2 / safe, jnp.inf).astype(top.dtype)
+
+
 def _top_eigenvalue(loss, model, rates, trainable) -> float:
+    """λ_max(P^{1/2}HP^{1/2}) at the model's trainable parameters θ₀, as a
+    float."""
+    return float(_scaled_sharpness(loss, model, rates, trainable))
+
+
+def _scaled_sharpness(loss, model, rates, trainable):
     """λ_max(P^{1/2}HP^{1/2}) at the model's trainable parameters θ₀: the top
-    eigenvalue of the Hessian of φ ↦ L(θ₀ + P^{1/2}φ) at φ = 0."""
+    eigenvalue of the Hessian of φ ↦ L(θ₀ + P^{1/2}φ) at φ = 0 (traceable)."""
     params, static = split_model(model, trainable)
     layout = FlatLayout.of(params)
     theta0 = layout.ravel(params)
@@ -60,8 +96,7 @@ def _top_eigenvalue(loss, model, rates, trainable) -> float:
     else:
         full = jax.tree.map(lambda r, p: jnp.broadcast_to(r, p.shape), rates, params)
         root = jnp.sqrt(layout.ravel(full))
-
-    return float(_top(loss, theta0, static, layout, root))
+    return _top(loss, theta0, static, layout, root)
 
 
 @eqx.filter_jit

@@ -7,15 +7,17 @@ job reports when sharpness first exceeds 2/η and when GD departs from GF (the
 first save where |L_GD − L_GF| > `threshold`·L_GF), as in Cohen et al. (2021).
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
-from ._settings import Setting, SettingError
+from ._figure import Line, Panel, Series, shades
+from ._ladder import ladder_steps
+from ._result import ExperimentResult
+from ._settings import Setting
+from ._table import Column
 
 NAME = "edge-of-stability"
 
@@ -53,83 +55,63 @@ def _first_time(ts, mask):
     return float(np.asarray(ts)[np.argmax(mask)]) if mask.any() else None
 
 
-@dataclasses.dataclass
-class EdgeOfStabilityResult:
-    """Per learning rate: max sharpness, when it crossed 2/η, when GD departed from
-    GF, and the final losses; curves for the figure."""
+class EdgeOfStabilityResult(ExperimentResult):
+    """Per learning rate (`rows`): max sharpness, when it crossed 2/η, when GD
+    departed from GF, and the final losses; `fits`: whether every departure came
+    after its crossing; `curves`: each GD run's saved times, losses and
+    sharpness (`LR/...`) and the flow's losses (`gf/...`)."""
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
+    PANEL_SIZE = (6.0, 4.4)
 
-    def table(self) -> str:
-        head = (
-            f"{'lr':>6} {'2/lr':>6} {'max λ':>8} {'t(λ>2/lr)':>10} "
-            f"{'t(depart)':>10} {'GD loss':>10} {'GF loss':>10}"
+    def columns(self):
+        return (
+            Column("lr", fmt="g"),
+            Column(lambda row: 2 / row["lr"], "2/lr", "g"),
+            Column("max_sharpness", "max λ", ".3f"),
+            Column("cross_time", "t(λ>2/lr)", ".4g", missing="never"),
+            Column("depart_time", "t(depart)", ".4g", missing="never"),
+            Column("gd_loss", "GD loss", ".3e"),
+            Column("gf_loss", "GF loss", ".3e"),
         )
-        lines = [head, "-" * len(head)]
-        fmt = lambda t: "never" if t is None else f"{t:.4g}"  # noqa: E731
-        for r in self.rows:
-            lines.append(
-                f"{r['lr']:>6g} {2 / r['lr']:>6g} {r['max_sharpness']:>8.3f} "
-                f"{fmt(r['cross_time']):>10} {fmt(r['depart_time']):>10} "
-                f"{r['gd_loss']:>10.3e} {r['gf_loss']:>10.3e}"
-            )
-        lines.append("")
-        lines.append(
-            "GD departs from GF only after its sharpness has reached 2/lr: "
-            + ("yes" if self.fits["departs_after_crossing"] else "no")
+
+    def notes(self):
+        ordered = "yes" if self.fits["departs_after_crossing"] else "no"
+        return [
+            f"GD departs from GF only after its sharpness has reached 2/lr: {ordered}"
+        ]
+
+    def panels(self):
+        """Sharpness along each GD run against its threshold 2/η, and the GD
+        losses against the flow's."""
+        lrs = self.settings["lrs"]
+        colours = shades("viridis", len(lrs), 0.1, 0.85)
+        sharpness, losses, thresholds = [], [], []
+        for lr, colour in zip(lrs, colours):
+            run = dict(label=f"GD η={lr:g}", options=dict(color=colour))
+            sharpness.append(Series(f"{lr:g}/sharpness", f"{lr:g}/ts", **run))
+            losses.append(Series(f"{lr:g}/loss", f"{lr:g}/ts", **run))
+            thresholds.append(Line(2 / lr, options=dict(color=colour, ls="--", lw=0.8)))
+        losses.append(Series("gf/loss", "gf/ts", "k--", label="GF"))
+        return (
+            Panel(
+                "sharpness (dashed: 2/η)",
+                sharpness,
+                thresholds,
+                xlabel="time t = kη",
+                ylabel="sharpness λ_max(∇²L)",
+            ),
+            Panel(
+                "GD against GF",
+                losses,
+                xlabel="time t = kη",
+                ylabel="training loss",
+                yscale="log",
+            ),
         )
-        return "\n".join(lines)
-
-    def figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
-        colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(self.settings["lrs"])))
-        for lr, colour in zip(self.settings["lrs"], colours):
-            key = f"{lr:g}"
-            a.plot(
-                self.curves[f"{key}/ts"],
-                self.curves[f"{key}/sharpness"],
-                color=colour,
-                label=f"GD η={lr:g}",
-            )
-            a.axhline(2 / lr, color=colour, ls="--", lw=0.8)
-            b.semilogy(
-                self.curves[f"{key}/ts"],
-                self.curves[f"{key}/loss"],
-                color=colour,
-                label=f"GD η={lr:g}",
-            )
-        b.semilogy(self.curves["gf/ts"], self.curves["gf/loss"], "k--", label="GF")
-        a.set(
-            xlabel="time t = kη",
-            ylabel="sharpness λ_max(∇²L)",
-            title="sharpness (dashed: 2/η)",
-        )
-        b.set(xlabel="time t = kη", ylabel="training loss", title="GD against GF")
-        a.legend(fontsize=8)
-        b.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> EdgeOfStabilityResult:
-    s = settings
-    steps = {}
-    for lr in s["lrs"]:
-        k = s["t1"] / lr
-        if abs(k - round(k)) > 1e-9 * k or round(k) % s["saves"]:
-            raise SettingError(
-                f"setting `lrs`: t1/lr = {k:g} for lr = {lr:g} must be a whole number "
-                f"of steps divisible by saves = {s['saves']}"
-            )
-        steps[lr] = int(round(k))
+def _setup(s, seed):
+    """The teacher–student problem and the tanh MLP drawn from `seed`."""
     k1, k2 = jax.random.split(jax.random.key(seed))
     problem = problems.teacher_student(
         k1, n=s["n"], d=s["d"], teacher_width=8, activation="tanh", decay=0.5
@@ -137,6 +119,46 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> EdgeOfStabilityR
     model = models.MLP(
         s["d"], s["width"], 1, depth=s["depth"], activation="tanh", key=k2
     )
+    return problem, model
+
+
+def _descent(s, problem, model, flow, lr, steps):
+    """GD at `lr` with its sharpness tracked save to save and compared with the
+    flow. **Returns:** its row and curves."""
+    gd = dynamics.gradient_descent(
+        problem.loss, model, lr=lr, steps=steps, save_every=steps // s["saves"]
+    )
+    sharp = np.asarray(analysis.track_sharpness(problem.loss, gd, iters=s["iters"]))
+    gd_loss, gf_loss = np.asarray(gd.loss), np.asarray(flow.loss)
+    depart = ~(np.abs(gd_loss - gf_loss) <= s["threshold"] * gf_loss)
+    row = dict(
+        lr=lr,
+        max_sharpness=float(np.nanmax(sharp)),
+        cross_time=_first_time(gd.ts, sharp > 2 / lr),
+        depart_time=_first_time(gd.ts, depart),
+        gd_loss=float(gd.final_loss),
+        gf_loss=float(flow.final_loss),
+    )
+    key = f"{lr:g}"
+    curves = {f"{key}/ts": np.asarray(gd.ts), f"{key}/loss": gd_loss}
+    curves[f"{key}/sharpness"] = sharp
+    return row, curves
+
+
+def _departs_after_crossing(rows) -> bool:
+    """Whether every run that left the flow had crossed 2/η by then."""
+    return all(
+        r["depart_time"] is None
+        or (r["cross_time"] is not None and r["cross_time"] <= r["depart_time"])
+        for r in rows
+    )
+
+
+def run(settings, *, seed: int, progress: bool = True) -> EdgeOfStabilityResult:
+    """Run edge-of-stability with resolved `settings` (see `SETTINGS`)."""
+    s = settings
+    steps = ladder_steps(s["t1"], s["lrs"], s["saves"])
+    problem, model = _setup(s, seed)
     ts = jnp.linspace(0.0, s["t1"], s["saves"] + 1)
     flow = dynamics.gradient_flow(
         problem.loss,
@@ -150,36 +172,12 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> EdgeOfStabilityR
     curves = {"gf/ts": np.asarray(ts), "gf/loss": np.asarray(flow.loss)}
     rows = []
     for lr in tqdm(s["lrs"], desc=NAME, disable=not progress, leave=False):
-        gd = dynamics.gradient_descent(
-            problem.loss,
-            model,
-            lr=lr,
-            steps=steps[lr],
-            save_every=steps[lr] // s["saves"],
-        )
-        sharp = np.asarray(analysis.track_sharpness(problem.loss, gd, iters=s["iters"]))
-        gd_loss, gf_loss = np.asarray(gd.loss), np.asarray(flow.loss)
-        depart = ~(np.abs(gd_loss - gf_loss) <= s["threshold"] * gf_loss)
-        rows.append(
-            dict(
-                lr=lr,
-                max_sharpness=float(np.nanmax(sharp)),
-                cross_time=_first_time(gd.ts, sharp > 2 / lr),
-                depart_time=_first_time(gd.ts, depart),
-                gd_loss=float(gd.final_loss),
-                gf_loss=float(flow.final_loss),
-            )
-        )
-        curves[f"{lr:g}/ts"], curves[f"{lr:g}/loss"] = np.asarray(gd.ts), gd_loss
-        curves[f"{lr:g}/sharpness"] = sharp
-    ordered = all(
-        r["depart_time"] is None
-        or (r["cross_time"] is not None and r["cross_time"] <= r["depart_time"])
-        for r in rows
-    )
+        row, gd_curves = _descent(s, problem, model, flow, lr, steps[lr])
+        rows.append(row)
+        curves.update(gd_curves)
     return EdgeOfStabilityResult(
-        settings=dict(s),
+        settings=s,
         rows=rows,
-        fits={"departs_after_crossing": ordered},
+        fits={"departs_after_crossing": _departs_after_crossing(rows)},
         curves=curves,
     )

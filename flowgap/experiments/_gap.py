@@ -3,19 +3,20 @@ r"""gap: gap exponents of gradient descent against the flow and its modified flo
 For a diagonal net (sparse recovery), a deep linear net (low-rank target) and a
 tanh two-layer net (teacher–student), GD at a ladder of learning rates is compared
 at the horizon T with the gradient flow and the order-1 and order-2 modified flows
-(docs: theory/one-clock). Backward error analysis predicts log–log slopes 1, 2 and 3;
-the
-table gives the fitted slopes with 95% confidence intervals.
+(docs: theory/one-clock). Backward error analysis predicts log–log slopes 1, 2
+and 3; the table gives the fitted slopes with 95% confidence intervals.
 """
-
-import dataclasses
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from .. import analysis, models, problems
+from ._figure import Panel, Series
+from ._ladder import label_lrs
+from ._result import ExperimentResult
 from ._settings import Setting, SettingError
+from ._table import Column
 
 NAME = "gap"
 
@@ -56,65 +57,71 @@ def _cases(s, key):
     }
 
 
-@dataclasses.dataclass
-class GapResult:
-    """Per model, a `GapTable`; `rows` and `fits` in plain numbers."""
+class GapResult(ExperimentResult):
+    """Per model and flow order (GF, order-1 and order-2 modified flows): the
+    fitted log–log slope of the gap against lr with its 95% interval (`rows`,
+    `fits`) and the gaps over the ladder (`curves`: `MODEL/ORDER`)."""
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
-
-    def table(self) -> str:
-        head = (
-            f"{'model':<15} {'against':<22} {'slope':>7} {'95% CI':>18} {'expected':>8}"
+    def columns(self):
+        return (
+            Column("model"),
+            Column("against"),
+            Column("slope", fmt=".3f"),
+            Column("ci", "95% CI", ".3f"),
+            Column("expected"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            low, high = r["ci"]
-            lines.append(
-                f"{r['model']:<15} {r['against']:<22} {r['slope']:>7.3f} "
-                f"[{low:>6.3f}, {high:>6.3f}] {r['expected']:>8d}"
-            )
-        return "\n".join(lines)
 
-    def figure(self):
-        import matplotlib
+    def _fit(self, model, order):
+        # fits reloaded from results.json have their orders as text
+        fits = self.fits[model]
+        return fits[order] if order in fits else fits[str(order)]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import LogLocator, NullFormatter
-
-        models_ = sorted({r["model"] for r in self.rows}, key=list(self.fits).index)
-        fig, axes = plt.subplots(1, len(models_), figsize=(5 * len(models_), 4.2))
+    def figure_data(self):
+        """The curves, plus each fitted line `MODEL/ORDER/fit` over the rates."""
         lrs = np.asarray(self.settings["lrs"])
-        for ax, model in zip(np.atleast_1d(axes), models_):
-            for order, marker in zip(ORDERS, ("o", "s", "^")):
-                gaps = self.curves[f"{model}/{order}"]
-                fit = self.fits[model][order]
-                ax.loglog(
-                    lrs, gaps, marker, label=f"{ORDERS[order]}: {fit['slope']:.2f}"
-                )
-                ax.loglog(
-                    lrs,
-                    np.exp(fit["intercept"]) * lrs ** fit["slope"],
-                    "-",
-                    color=ax.lines[-1].get_color(),
-                    alpha=0.5,
-                )
-            ax.set(
-                xlabel="learning rate η",
-                ylabel=f"‖θ_GD − θ_flow‖ at T={self.settings['t1']:g}",
-                title=f"{model} (expected slopes 1, 2, 3)",
-            )
-            ax.xaxis.set_minor_locator(LogLocator(subs="all"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
+        data = dict(self.curves)
+        for model in self.fits:
+            for order in ORDERS:
+                fit = self._fit(model, order)
+                line = np.exp(fit["intercept"]) * lrs ** fit["slope"]
+                data[f"{model}/{order}/fit"] = line
+        return data
+
+    def panels(self):
+        """Per model, the gap at T against lr for each flow order, with its fit."""
+        return [self._panel(model) for model in self.fits]
+
+    def _panel(self, model):
+        series = []
+        for order, marker, colour in zip(ORDERS, "os^", ("C0", "C1", "C2")):
+            slope = self._fit(model, order)["slope"]
+            series += [
+                Series(
+                    f"{model}/{order}",
+                    "lrs",
+                    marker,
+                    label=f"{ORDERS[order]}: {slope:.2f}",
+                    options=dict(color=colour),
+                ),
+                Series(
+                    f"{model}/{order}/fit",
+                    "lrs",
+                    options=dict(color=colour, alpha=0.5),
+                ),
+            ]
+        return Panel(
+            f"{model} (expected slopes 1, 2, 3)",
+            series,
+            xlabel="learning rate η",
+            ylabel=f"‖θ_GD − θ_flow‖ at T={self.settings['t1']:g}",
+            xscale="log",
+            yscale="log",
+            draw=label_lrs,
+        )
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> GapResult:
+def run(settings, *, seed: int, progress: bool = True) -> GapResult:
+    """Run gap with resolved `settings` (see `SETTINGS`)."""
     s = settings
     if len(s["lrs"]) < 2:
         raise SettingError("setting `lrs` needs at least two learning rates")
@@ -147,4 +154,4 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> GapResult:
                 )
             )
     curves["lrs"] = np.asarray(s["lrs"])
-    return GapResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
+    return GapResult(settings=s, rows=rows, fits=fits, curves=curves)

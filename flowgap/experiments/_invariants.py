@@ -1,16 +1,15 @@
 r"""invariants: how gradient steps break the flow's conservation laws.
 
-Four models with known laws (docs: theory/invariants) — a depth-2 diagonal net (u⊙v),
-the
-polar diagonal net trained by Salimans–Kingma steps (‖θ‖²), a deep linear net
-(balancedness) and a ReLU two-layer net (per-unit ‖in‖² − ‖out‖²) — are trained by
-gradient descent at a ladder of learning rates and by the exact flow. Along each
-run it measures the drift ‖Q(θ_t) − Q(θ_0)‖_∞, overlays the predicted drift
-Σ (η²/2) gᵀ∇²Q g, and fits the drift's exponent in η at the horizon T (expected 1:
-T/η steps of O(η²) each).
+Four models with known laws (docs: theory/invariants) — a depth-2 diagonal net
+(u⊙v), the polar diagonal net trained by Salimans–Kingma steps (‖θ‖²), a deep
+linear net (balancedness) and a ReLU two-layer net (per-unit ‖in‖² − ‖out‖²) —
+are trained by gradient descent at a ladder of learning rates and by the exact
+flow. Along each run it measures the drift ‖Q(θ_t) − Q(θ_0)‖_∞, overlays the
+predicted drift Σ (η²/2) gᵀ∇²Q g, and fits the drift's exponent in η at the
+horizon T (expected 1: T/η steps of O(η²) each).
 """
 
-import dataclasses
+from typing import NamedTuple
 
 import diffrax
 import jax
@@ -18,8 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import analysis, dynamics, invariants, models, problems
-from ._settings import Setting, SettingError
+from .. import dynamics, invariants, models, problems
+from ._figure import Panel, Series, shades
+from ._ladder import fit_against_lr, ladder_steps
+from ._result import ExperimentResult
+from ._settings import Setting
+from ._table import Column
 
 NAME = "invariants"
 
@@ -48,6 +51,16 @@ LAWS = {
 }
 
 
+class _Case(NamedTuple):
+    """One model of the job: its problem, initial model, polar rates (or None)
+    and the conservation law Q, a function model → array."""
+
+    problem: object
+    model: object
+    rates: object
+    law: object
+
+
 def _cases(s, key):
     k1, k2, k3 = jax.random.split(key, 3)
     sparse = problems.sparse_recovery(k1, n=10, d=30, sparsity=3)
@@ -56,25 +69,25 @@ def _cases(s, key):
         k2, n=20, d=4, teacher_width=2, activation="relu"
     )
     return {
-        "diagonal": (
+        "diagonal": _Case(
             sparse,
             models.DiagonalNet(30, scale=s["scale"]),
             None,
             invariants.diagonal_balance,
         ),
-        "polar": (
+        "polar": _Case(
             sparse,
             polar,
             polar.rates(s["ratio"]),
             invariants.polar_direction_norm,
         ),
-        "deep-linear": (
+        "deep-linear": _Case(
             problems.low_rank(k2, d_in=5, d_out=4, rank=2),
             models.DeepLinear((5, 6, 4), scale=s["scale"], key=k3),
             None,
             invariants.balancedness,
         ),
-        "relu-two-layer": (
+        "relu-two-layer": _Case(
             student,
             models.TwoLayer(4, 6, 1, activation="relu", scale=s["scale"], key=k3),
             None,
@@ -83,144 +96,161 @@ def _cases(s, key):
     }
 
 
-@dataclasses.dataclass
-class InvariantsResult:
-    """Rows (model, law, clock, drift at T, predicted, ratio), per-model fits of the
-    drift exponent, and the curves behind the figure."""
+def _ratio(row):
+    """Measured over predicted drift (none for the flow)."""
+    return None if row["predicted"] is None else row["drift"] / row["predicted"]
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
 
-    def table(self) -> str:
-        head = (
-            f"{'model':<15} {'law':<13} {'clock':<11} {'drift(T)':>10} "
-            f"{'predicted':>10} {'ratio':>7}"
+class InvariantsResult(ExperimentResult):
+    """Rows (model, law, clock, drift at T, predicted, relative drift), per-model
+    fits of the drift exponent, and the curves behind the figure: per model and
+    lr the measured and predicted drift along GD (`MODEL/gd/LR/...`), and the
+    flow's drift (`MODEL/gf/...`)."""
+
+    FIGURE_COLUMNS = 2
+    PANEL_SIZE = (5.5, 4.0)
+
+    def columns(self):
+        return (
+            Column("model"),
+            Column("law"),
+            Column("clock"),
+            Column("drift", "drift(T)", ".3e"),
+            Column("predicted", fmt=".3e"),
+            Column(_ratio, "ratio", ".4f"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            pred = "" if r["predicted"] is None else f"{r['predicted']:.3e}"
-            ratio = (
-                "" if r["predicted"] is None else f"{r['drift'] / r['predicted']:.4f}"
-            )
-            lines.append(
-                f"{r['model']:<15} {r['law']:<13} {r['clock']:<11} {r['drift']:>10.3e} "
-                f"{pred:>10} {ratio:>7}"
-            )
-        lines.append("")
-        for model, fit in self.fits.items():
-            lines.append(
-                f"drift exponent in lr ({model}): "
-                f"{fit['slope']:.3f} ± {fit['stderr']:.3f}"
-                "  (expected 1 as η → 0)"
-            )
-        return "\n".join(lines)
 
-    def figure(self):
-        import matplotlib
+    def notes(self):
+        return [
+            f"drift exponent in lr ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
+            "  (expected 1 as η → 0)"
+            for model, fit in self.fits.items()
+        ]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def figure_data(self):
+        """The curves, drifts clipped to 1e-18 so an exact zero stays on the log
+        axis."""
+        return {
+            name: np.maximum(value, 1e-18)
+            if name.endswith(("/drift", "/predicted"))
+            else value
+            for name, value in self.curves.items()
+        }
 
-        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-        for ax, model in zip(axes.ravel(), LAWS):
-            gd = {
-                lr: tuple(
-                    self.curves[f"{model}/gd/{lr:g}/{part}"]
-                    for part in ("ts", "drift", "predicted")
-                )
-                for lr in self.settings["lrs"]
-            }
-            flow = (self.curves[f"{model}/gf/ts"], self.curves[f"{model}/gf/drift"])
-            invariants.plot_drift(
-                ax,
-                gd,
-                flow,
-                label=LAWS[model],
-                title=f"{model} (dashed: Σ η²/2 gᵀ∇²Q g)",
-            )
-        fig.tight_layout()
-        return fig
+    def panels(self):
+        """Per model, the drift of its law along GD at each lr (solid), the
+        predicted drift (dashed) and the flow's drift (dotted)."""
+        return [self._panel(model) for model in LAWS]
+
+    def _panel(self, model):
+        lrs = sorted(self.settings["lrs"])
+        series = []
+        for lr, colour in zip(lrs, shades("viridis", len(lrs), 0.1, 0.85)):
+            key = f"{model}/gd/{lr:g}"
+            series += [
+                Series(
+                    f"{key}/drift",
+                    f"{key}/ts",
+                    label=f"GD η={lr:g}",
+                    skip=1,  # no drift at t = 0
+                    options=dict(color=colour),
+                ),
+                Series(
+                    f"{key}/predicted",
+                    f"{key}/ts",
+                    "--",
+                    skip=1,
+                    options=dict(color="0.3", lw=0.8),
+                ),
+            ]
+        flow = Series(
+            f"{model}/gf/drift", f"{model}/gf/ts", "k:", label="GF (Diffrax)", skip=1
+        )
+        return Panel(
+            f"{model} (dashed: Σ η²/2 gᵀ∇²Q g)",
+            [*series, flow],
+            xlabel="time t = kη",
+            ylabel=f"‖Δ {LAWS[model]}‖∞",
+            yscale="log",
+        )
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> InvariantsResult:
-    s = settings
-    steps_for = {}
+def _descent_drifts(s, name, case, steps, scale, bar):
+    """GD at each rate of the ladder, saved at every step: the drift of the law
+    along the run and its prediction. **Returns:** rows and curves."""
+    problem, model, rates, law = case
+    rows, curves = [], {}
     for lr in s["lrs"]:
-        steps = s["t1"] / lr
-        if abs(steps - round(steps)) > 1e-9 * steps or round(steps) < 1:
-            raise SettingError(
-                f"setting `lrs`: t1 = {s['t1']:g} is not a whole number of steps "
-                f"of lr = {lr:g}"
-            )
-        steps_for[lr] = int(round(steps))
-    rows, fits, curves = [], {}, {}
-    cases = _cases(s, jax.random.key(seed))
-    bar = tqdm(
-        total=len(cases) * (len(s["lrs"]) + 1),
-        desc=NAME,
-        disable=not progress,
-        leave=False,
-    )
-    for model_name, (problem, model, rates, law) in cases.items():
-        q0 = np.asarray(law(model)).ravel()
-        scale = max(float(np.max(np.abs(q0))), 1e-300)
-        drifts = []
-        for lr in s["lrs"]:
-            traj = dynamics.gradient_descent(
-                problem.loss, model, lr=lr, steps=steps_for[lr], rates=rates
-            )
-            ts, drift, predicted = invariants.drift_curves(
-                law, problem.loss, traj, lr=lr, rates=rates
-            )
-            key = f"{model_name}/gd/{lr:g}"
-            curves[f"{key}/ts"], curves[f"{key}/drift"] = ts, drift
-            curves[f"{key}/predicted"] = predicted
-            drifts.append(drift[-1])
-            rows.append(
-                dict(
-                    model=model_name,
-                    law=LAWS[model_name],
-                    clock=f"GD lr={lr:g}",
-                    drift=float(drift[-1]),
-                    predicted=float(predicted[-1]),
-                    relative=float(drift[-1] / scale),
-                )
-            )
-            bar.update()
-        ts = jnp.linspace(0.0, s["t1"], 41)
-        flow = dynamics.gradient_flow(
-            problem.loss,
-            model,
-            t1=s["t1"],
-            ts=ts,
-            rates=rates,
-            solver=diffrax.Tsit5(),
-            rtol=s["rtol"],
-            atol=s["atol"],
+        traj = dynamics.gradient_descent(
+            problem.loss, model, lr=lr, steps=steps[lr], rates=rates
         )
-        gf_ts, gf_drift = invariants.flow_drift(law, flow)
-        curves[f"{model_name}/gf/ts"], curves[f"{model_name}/gf/drift"] = (
-            gf_ts,
-            gf_drift,
+        ts, drift, predicted = invariants.drift_curves(
+            law, problem.loss, traj, lr=lr, rates=rates
         )
+        key = f"{name}/gd/{lr:g}"
+        curves[f"{key}/ts"], curves[f"{key}/drift"] = ts, drift
+        curves[f"{key}/predicted"] = predicted
         rows.append(
             dict(
-                model=model_name,
-                law=LAWS[model_name],
-                clock="GF",
-                drift=float(gf_drift[-1]),
-                predicted=None,
-                relative=float(gf_drift[-1] / scale),
+                model=name,
+                law=LAWS[name],
+                clock=f"GD lr={lr:g}",
+                drift=float(drift[-1]),
+                predicted=float(predicted[-1]),
+                relative=float(drift[-1] / scale),
             )
         )
         bar.update()
-        fits[model_name] = (
-            analysis.loglog_slope(s["lrs"], drifts)
-            if len(drifts) >= 2 and min(drifts) > 0
-            else dict(slope=float("nan"), intercept=float("nan"), stderr=float("nan"))
-        )
-    bar.close()
+    return rows, curves
+
+
+def _flow_drift(s, name, case, scale):
+    """The exact flow (Tsit5, 41 saves to t1): the drift of the law along it.
+    **Returns:** its row and curves."""
+    problem, model, rates, law = case
+    flow = dynamics.gradient_flow(
+        problem.loss,
+        model,
+        t1=s["t1"],
+        ts=jnp.linspace(0.0, s["t1"], 41),
+        rates=rates,
+        solver=diffrax.Tsit5(),
+        rtol=s["rtol"],
+        atol=s["atol"],
+    )
+    ts, drift = invariants.flow_drift(law, flow)
+    row = dict(
+        model=name,
+        law=LAWS[name],
+        clock="GF",
+        drift=float(drift[-1]),
+        predicted=None,
+        relative=float(drift[-1] / scale),
+    )
+    return row, {f"{name}/gf/ts": ts, f"{name}/gf/drift": drift}
+
+
+def _law_scale(law, model) -> float:
+    """max |Q(θ₀)|, the scale of the `relative` drift (1e-300 if Q(θ₀) = 0)."""
+    q0 = np.asarray(law(model)).ravel()
+    return max(float(np.max(np.abs(q0))), 1e-300)
+
+
+def run(settings, *, seed: int, progress: bool = True) -> InvariantsResult:
+    """Run invariants with resolved `settings` (see `SETTINGS`)."""
+    s = settings
+    steps = ladder_steps(s["t1"], s["lrs"])
+    cases = _cases(s, jax.random.key(seed))
+    rows, fits, curves = [], {}, {}
+    total = len(cases) * (len(s["lrs"]) + 1)
+    with tqdm(total=total, desc=NAME, disable=not progress, leave=False) as bar:
+        for name, case in cases.items():
+            scale = _law_scale(case.law, case.model)
+            gd_rows, gd_curves = _descent_drifts(s, name, case, steps, scale, bar)
+            gf_row, gf_curves = _flow_drift(s, name, case, scale)
+            bar.update()
+            rows += [*gd_rows, gf_row]
+            curves.update({**gd_curves, **gf_curves})
+            fits[name] = fit_against_lr(s["lrs"], [r["drift"] for r in gd_rows])
     curves["lrs"] = np.asarray(s["lrs"])
-    return InvariantsResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
+    return InvariantsResult(settings=s, rows=rows, fits=fits, curves=curves)

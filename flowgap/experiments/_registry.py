@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 
 from ..sweeps._io import write_npz
-from ._output import make_folder, run_folder, save_figure, write_json
+from ._output import make_folder, run_folder, save_figure, write_json, write_netcdf
 from ._settings import Setting, SettingError, resolve
 from ._sweepable import Sweepable
 
@@ -77,6 +77,22 @@ def set_precision(dtype: str) -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def settings_for(
+    experiment: Experiment, *, quick: bool, dtype: str, overrides: dict | None
+):
+    """The first step `flowgap run` and `flowgap sweep` share: the precision, then
+    the settings (defaults, then `--quick` overrides, then `overrides`), checked."""
+    set_precision(dtype)
+    chosen = {**(experiment.quick if quick else {}), **(overrides or {})}
+    return resolve(experiment.settings, chosen)
+
+
+def output_folder(name: str, out, force: bool) -> pathlib.Path:
+    """The second shared step: the run folder, created before any computing so a
+    bad `--out` fails in the first second rather than after the run."""
+    return make_folder(run_folder(name, out, force))
+
+
 def run(
     name: str,
     *,
@@ -96,18 +112,16 @@ def run(
 
     **Returns:** `(result, folder)`; `folder` is None when `save=False`. The folder
     holds `settings.json`, `results.json` (table rows and fits), `arrays.npz`
-    (loadable with `np.load(..., allow_pickle=False)`) and `figure.png`.
+    (loadable with `np.load(..., allow_pickle=False)`), `results.nc` (the
+    result's `dataset()`, netCDF) and `figure.png`.
     """
     experiment = get(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SettingError(f"`seed` must be a non-negative integer, got {seed!r}")
-    set_precision(dtype)
-    chosen = {**(experiment.quick if quick else {}), **(overrides or {})}
-    settings = resolve(experiment.settings, chosen)
-    folder = run_folder(name, out, force) if save else None
+    settings = settings_for(experiment, quick=quick, dtype=dtype, overrides=overrides)
+    folder = output_folder(name, out, force) if save else None
     result = experiment.run(settings, seed=seed, progress=progress)
     if folder is not None:
-        make_folder(folder)
         _save(folder, experiment, result, dict(seed=seed, dtype=dtype, quick=quick))
     return result, folder
 
@@ -126,8 +140,5 @@ def _save(folder: pathlib.Path, experiment: Experiment, result, meta: dict) -> N
     )
     write_json(folder / "results.json", dict(rows=result.rows, fits=result.fits))
     write_npz(folder / "arrays.npz", result.curves)
-    figure = result.figure()
-    save_figure(folder / "figure.png", figure)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    write_netcdf(folder / "results.nc", result.dataset())
+    save_figure(folder / "figure.png", result.figure())

@@ -13,7 +13,6 @@ skipper's final loss; the table counts every gradient evaluated by each
 times, each measured on a second, already compiled call.
 """
 
-import dataclasses
 import time
 
 import jax
@@ -22,7 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import dynamics, models, problems
-from ._settings import Setting, SettingError
+from ._figure import Line, Panel, Series
+from ._result import ExperimentResult
+from ._settings import Config, Setting, SettingError
+from ._table import Column
 
 NAME = "saddle-skip"
 
@@ -77,93 +79,90 @@ def teacher_problem(key, *, n, d, out_dim, singular, decay):
     return problems.RegressionProblem(x, x @ truth.T, truth)
 
 
-@dataclasses.dataclass
-class SaddleSkipResult:
+class SaddleSkipResult(ExperimentResult):
     """`rows`: one per α (GD evals, skipper evals, ratios, final losses);
     `fits`: GD evals against ln(1/α) (slope, intercept) and the predicted slope
     1/ln(1 + η σ_last); `curves`: loss against gradient evaluations."""
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
+    PANEL_SIZE = (6.0, 4.4)
 
-    def table(self) -> str:
-        head = (
-            f"{'α':>8} {'GD evals':>9} {'skip evals':>11} {'ratio':>7} "
-            f"{'skip+ls evals':>14} {'ratio':>7} {'GD ms':>8} {'skip ms':>8} "
-            f"{'skip+ls ms':>11} {'GD loss':>11} {'skip loss':>11}"
+    def columns(self):
+        return (
+            Column("scale", "α", ".0e"),
+            Column("gd_evals", "GD evals", "d"),
+            Column("skip_evals", "skip evals", "d"),
+            Column("ratio", "ratio", ".2f"),
+            Column("skip_ls_evals", "skip+ls evals", "d"),
+            Column("ratio_ls", "ratio", ".1f"),
+            Column(lambda r: 1e3 * r["gd_seconds"], "GD ms", ".1f"),
+            Column(lambda r: 1e3 * r["skip_seconds"], "skip ms", ".1f"),
+            Column(lambda r: 1e3 * r["skip_ls_seconds"], "skip+ls ms", ".1f"),
+            Column("gd_loss", "GD loss", ".4e"),
+            Column("skip_loss", "skip loss", ".4e"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(
-                f"{r['scale']:>8.0e} {r['gd_evals']:>9d} {r['skip_evals']:>11d} "
-                f"{r['ratio']:>7.2f} {r['skip_ls_evals']:>14d} {r['ratio_ls']:>7.1f} "
-                f"{1e3 * r['gd_seconds']:>8.1f} {1e3 * r['skip_seconds']:>8.1f} "
-                f"{1e3 * r['skip_ls_seconds']:>11.1f} "
-                f"{r['gd_loss']:>11.4e} {r['skip_loss']:>11.4e}"
-            )
+
+    def notes(self):
         f = self.fits
-        lines += [
-            "",
+        saddles = ", ".join(f"{v:.6g}" for v in f["saddle_loss"])
+        return (
             f"GD evals ≈ {f['slope']:.2f}·ln(1/α) + {f['intercept']:.1f} "
             f"(predicted slope 1/ln(1 + ησ_last) = {f['predicted_slope']:.2f})",
-            f"skipper saddle losses: {', '.join(f'{v:.6g}' for v in f['saddle_loss'])}",
-        ]
-        return "\n".join(lines)
-
-    def figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-        c = self.curves
-        ax = axes[0]
-        logs = np.log(1 / c["scales"])
-        ax.plot(logs, c["gd_evals"], "o", label="plain GD from scale α")
-        f = self.fits
-        ax.plot(
-            logs,
-            f["slope"] * logs + f["intercept"],
-            "-",
-            color="C0",
-            label=f"fit: slope {f['slope']:.2f}",
+            f"skipper saddle losses: {saddles}",
         )
-        ax.axhline(
-            c["skip_evals"],
-            color="C1",
-            label=f"saddle_skip, ε={self.settings['jump']:g}",
-        )
-        ax.axhline(
-            c["skip_ls_evals"], color="C2", ls="--", label="saddle_skip, line search"
-        )
-        ax.set(
+
+    def figure_data(self):
+        """The curves, with ln(1/α) and the fitted line of GD evals on it."""
+        logs = np.log(1 / np.asarray(self.curves["scales"]))
+        fit = self.fits["slope"] * logs + self.fits["intercept"]
+        return {**self.curves, "log_inverse_scale": logs, "gd_evals_fit": fit}
+
+    def panels(self):
+        c, f = self.curves, self.fits
+        cost = Panel(
+            title="cost to the same final loss",
+            series=(
+                Series("gd_evals", "log_inverse_scale", "o", "plain GD from scale α"),
+                Series(
+                    "gd_evals_fit",
+                    "log_inverse_scale",
+                    label=f"fit: slope {f['slope']:.2f}",
+                    options=dict(color="C0"),
+                ),
+            ),
+            lines=(
+                Line(
+                    float(c["skip_evals"]),
+                    label=f"saddle_skip, ε={self.settings['jump']:g}",
+                    options=dict(color="C1", ls="-"),
+                ),
+                Line(
+                    float(c["skip_ls_evals"]),
+                    label="saddle_skip, line search",
+                    options=dict(color="C2", ls="--"),
+                ),
+            ),
             xlabel="ln(1/α)",
             ylabel="gradient evaluations",
-            title="cost to the same final loss",
         )
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        ax.semilogy(c["gd_ts"], c["gd_loss"], label=f"GD, α={c['gd_scale']:g}")
-        ax.semilogy(c["skip_ts"], c["skip_loss"], label="saddle_skip")
-        ax.semilogy(
-            c["skip_ls_ts"], c["skip_ls_loss"], label="saddle_skip (line search)"
-        )
-        for v in f["saddle_loss"][1:]:
-            ax.axhline(v, color="grey", lw=0.6, ls=":")
-        ax.set(
+        staircase = Panel(
+            title="staircase vs skipped plateaus (dotted: saddle losses)",
+            series=(
+                Series("gd_loss", "gd_ts", label=f"GD, α={float(c['gd_scale']):g}"),
+                Series("skip_loss", "skip_ts", label="saddle_skip"),
+                Series("skip_ls_loss", "skip_ls_ts", label="saddle_skip (line search)"),
+            ),
+            lines=tuple(
+                Line(v, options=dict(color="grey", lw=0.6))
+                for v in f["saddle_loss"][1:]
+            ),
             xlabel="gradient evaluations",
             ylabel="training loss",
-            title="staircase vs skipped plateaus (dotted: saddle losses)",
+            yscale="log",
         )
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
+        return (cost, staircase)
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult:
+def run(settings: Config, *, seed: int, progress: bool = True) -> SaddleSkipResult:
     """Run saddle-skip with resolved `settings` (see `SETTINGS`)."""
     s = settings
     problem = teacher_problem(
@@ -175,9 +174,33 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
         decay=s["decay"],
     )
     init_key = jax.random.key(seed + 1)
-    template = models.TwoLayer(
-        s["d"], s["width"], s["out_dim"], activation="linear", scale=1.0, key=init_key
+    skips, seconds = _skippers(problem, s, init_key)
+    target = float(skips["skip"].final_loss) + s["loss_gap"]
+    rows, gd_evals, curves = [], [], {}
+    for scale in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
+        gd, gd_seconds = _descent(problem, s, scale, init_key, target)
+        rows.append(_row(scale, gd, gd_seconds, skips, seconds))
+        gd_evals.append(rows[-1]["gd_evals"])
+        if scale == min(s["scales"]):
+            keep = np.isfinite(np.asarray(gd.loss))
+            curves["gd_ts"] = np.asarray(gd.ts)[keep] / s["lr"]
+            curves["gd_loss"] = np.asarray(gd.loss)[keep]
+            curves["gd_scale"] = np.asarray(scale)
+    curves.update(_skip_curves(s, gd_evals, skips))
+    fits = _fits(s, gd_evals, skips["skip"])
+    return SaddleSkipResult(settings=s, rows=rows, fits=fits, curves=curves)
+
+
+def _net(s, scale, key):
+    return models.TwoLayer(
+        s["d"], s["width"], s["out_dim"], activation="linear", scale=scale, key=key
     )
+
+
+def _skippers(problem, s, init_key):
+    """The plateau-skipping trainer with a fixed jump ("skip") and with a line
+    search ("skip_ls"): name → trajectory, and name → seconds."""
+    template = _net(s, 1.0, init_key)
     skips, seconds = {}, {}
     for name in ("skip", "skip_ls"):
         skips[name], seconds[name] = _timed(
@@ -194,67 +217,69 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
     for name, traj in skips.items():
         if not traj.successful:
             raise RuntimeError(f"{name}: {traj.message()}")
-    target = float(skips["skip"].final_loss) + s["loss_gap"]
-    rows, gd_evals, curves = [], [], {}
-    for scale in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
-        net = models.TwoLayer(
-            s["d"],
-            s["width"],
-            s["out_dim"],
-            activation="linear",
-            scale=scale,
-            key=init_key,
+    return skips, seconds
+
+
+def _descent(problem, s, scale, init_key, target):
+    """Plain GD from init scale `scale`, stopped once its loss is below `target`:
+    (trajectory, seconds)."""
+    net = _net(s, scale, init_key)
+    gd, seconds = _timed(
+        lambda: dynamics.gradient_descent(
+            problem.loss,
+            net,
+            lr=s["lr"],
+            steps=s["max_steps"],
+            stop_when=dynamics.LossBelow(target),
         )
-        gd, gd_seconds = _timed(
-            lambda net=net: dynamics.gradient_descent(
-                problem.loss,
-                net,
-                lr=s["lr"],
-                steps=s["max_steps"],
-                stop_when=dynamics.LossBelow(target),
-            )
+    )
+    if gd.result != dynamics.RESULTS.event_occurred:
+        raise RuntimeError(
+            f"GD from α={scale:g} did not reach loss {target:.6g} in "
+            f"{s['max_steps']} steps; raise `max_steps`"
         )
-        if gd.result != dynamics.RESULTS.event_occurred:
-            raise RuntimeError(
-                f"GD from α={scale:g} did not reach loss {target:.6g} in "
-                f"{s['max_steps']} steps; raise `max_steps`"
-            )
-        evals = int(gd.stats["num_grad_evals"])
-        gd_evals.append(evals)
-        n_skip = int(skips["skip"].stats["num_grad_evals"])
-        n_ls = int(skips["skip_ls"].stats["num_grad_evals"])
-        rows.append(
-            dict(
-                scale=scale,
-                gd_evals=evals,
-                skip_evals=n_skip,
-                ratio=evals / n_skip,
-                skip_ls_evals=n_ls,
-                ratio_ls=evals / n_ls,
-                gd_seconds=gd_seconds,
-                skip_seconds=seconds["skip"],
-                skip_ls_seconds=seconds["skip_ls"],
-                gd_loss=float(gd.final_loss),
-                skip_loss=float(skips["skip"].final_loss),
-                skip_ls_loss=float(skips["skip_ls"].final_loss),
-            )
-        )
-        if scale == min(s["scales"]):
-            keep = np.isfinite(np.asarray(gd.loss))
-            curves["gd_ts"] = np.asarray(gd.ts)[keep] / s["lr"]
-            curves["gd_loss"] = np.asarray(gd.loss)[keep]
-            curves["gd_scale"] = np.asarray(scale)
+    return gd, seconds
+
+
+def _row(scale, gd, gd_seconds, skips, seconds) -> dict:
+    """One table row: gradient evaluations, wall times and final losses."""
+    evals = int(gd.stats["num_grad_evals"])
+    n_skip = int(skips["skip"].stats["num_grad_evals"])
+    n_ls = int(skips["skip_ls"].stats["num_grad_evals"])
+    return dict(
+        scale=scale,
+        gd_evals=evals,
+        skip_evals=n_skip,
+        ratio=evals / n_skip,
+        skip_ls_evals=n_ls,
+        ratio_ls=evals / n_ls,
+        gd_seconds=gd_seconds,
+        skip_seconds=seconds["skip"],
+        skip_ls_seconds=seconds["skip_ls"],
+        gd_loss=float(gd.final_loss),
+        skip_loss=float(skips["skip"].final_loss),
+        skip_ls_loss=float(skips["skip_ls"].final_loss),
+    )
+
+
+def _fits(s, gd_evals, skip) -> dict:
+    """GD evals against ln(1/α) fitted by a line, the predicted slope
+    1/ln(1 + ησ_last) (σ_last the smallest learned singular value), and the
+    skipper's saddles."""
     logs = np.log(1 / np.asarray(s["scales"]))
     slope, intercept = np.polyfit(logs, np.asarray(gd_evals, float), 1)
     learned = sorted(s["singular"], reverse=True)[: s["width"]]
-    fits = dict(
+    return dict(
         slope=float(slope),
         intercept=float(intercept),
         predicted_slope=float(1 / np.log1p(s["lr"] * learned[-1])),
-        saddle_loss=[float(v) for v in skips["skip"].stats["saddle_loss"]],
-        saddle_rank=[int(v) for v in skips["skip"].stats["saddle_rank"]],
+        saddle_loss=[float(v) for v in skip.stats["saddle_loss"]],
+        saddle_rank=[int(v) for v in skip.stats["saddle_rank"]],
     )
-    curves.update(
+
+
+def _skip_curves(s, gd_evals, skips) -> dict:
+    return dict(
         scales=np.asarray(s["scales"]),
         gd_evals=np.asarray(gd_evals),
         skip_evals=np.asarray(int(skips["skip"].stats["num_grad_evals"])),
@@ -264,7 +289,6 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SaddleSkipResult
         skip_ls_ts=np.asarray(skips["skip_ls"].ts),
         skip_ls_loss=np.asarray(skips["skip_ls"].loss),
     )
-    return SaddleSkipResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
 
 
 def _timed(train):

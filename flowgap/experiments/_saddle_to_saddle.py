@@ -17,15 +17,24 @@ Layer-wise GD on a three-layer linear net shows the same plateaus with every lay
 close to rank 1 during the first.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
-from ._settings import Setting, SettingError
+from ._figure import Line, Panel, Series
+from ._result import ExperimentResult
+from ._saddle_stages import (
+    alignment_at_escape,
+    deep_linear_maps,
+    plateau_ratio,
+    slowdown,
+    staircases,
+    unit_alignment,
+)
+from ._settings import Config, Setting, SettingError
+from ._table import Column, render_table
 
 NAME = "saddle-to-saddle"
 
@@ -38,16 +47,26 @@ SETTINGS = (
     ),
     Setting("width", 8, "student width", "int", minimum=1),
     Setting("decay", 1.0, "input spectrum λ_j = j^(−decay)", positive=True),
-    Setting("scales", (1e-6, 1e-12), "two init scales α", "floats", positive=True),
+    Setting("scales", (1e-6, 1e-16), "two init scales α", "floats", positive=True),
     Setting("lr", 0.1, "GD learning rate η", positive=True),
     Setting("t1", 200.0, "horizon (time units t = kη)", positive=True),
+    Setting(
+        "flow_saves_per_step",
+        10,
+        "gradient-flow saves per GD step (finer stage starts on the flow)",
+        "int",
+        minimum=1,
+    ),
     Setting(
         "layerwise_steps", 6000, "steps of layer-wise GD (3-layer)", "int", minimum=1
     ),
     Setting("layerwise_scale", 0.01, "init scale of the 3-layer net", positive=True),
 )
 
-QUICK = dict(scales=(1e-4, 1e-8), t1=100.0, layerwise_steps=3000)
+# The scales are those of the defaults: Δδ = ln(α₁/α₂) ≈ 23 makes the slowdown's
+# quantisation tolerance (≈ 4ησ/Δδ) a tenth of the effect (≈ ησ/2) on every
+# plateau; t1 = 130 is just past the third escape from α = 1e-16.
+QUICK = dict(t1=130.0, layerwise_steps=3000)
 
 ACTIVATIONS = ("linear", "tanh")
 
@@ -67,7 +86,8 @@ def _check(s):
 
 
 def _runs(problem, s, steps, progress):
-    """GD (every step saved) and GF (at GD's times) per activation and scale."""
+    """GD (every step saved) and GF (`flow_saves_per_step` saves per GD step) per
+    activation and scale."""
     out = {}
     jobs = [(a, scale) for a in ACTIVATIONS for scale in s["scales"]]
     for activation, scale in tqdm(jobs, desc="saddle-to-saddle", disable=not progress):
@@ -84,60 +104,20 @@ def _runs(problem, s, steps, progress):
             problem.loss,
             net,
             t1=s["t1"],
-            ts=gd.ts,
+            ts=jnp.linspace(0.0, s["t1"], steps * s["flow_saves_per_step"] + 1),
             rtol=1e-10,
-            atol=1e-12,
+            # weights start at α: an absolute tolerance above α would switch off
+            # error control on the plateau and misplace the escape
+            atol=1e-4 * scale,
             max_steps=1_000_000,
         )
         out[activation, scale] = {"gd": gd, "gf": gf}
     return out
 
 
-def _end_to_end(traj):
-    """W₂W₁ at every save (for tanh: the linearisation at 0, as tanh'(0) = 1)."""
-    return np.asarray(jnp.einsum("tkm,tmd->tkd", traj.models.w2, traj.models.w1))
-
-
-def _slowdown(stages, sigma, lr, scales):
-    """Per stage k: slopes of the stage start against δ = −ln α on both clocks, their
-    ratio, and the prediction ησ_k/ln(1 + ησ_k)."""
-    delta = np.log(scales[0]) - np.log(scales[1])
-    fits = []
-    for k in range(min(len(stages["gd", 0]), len(stages["gd", 1]), len(sigma))):
-        slope = {
-            c: (stages[c, 1][k].start - stages[c, 0][k].start) / delta
-            for c in ("gd", "gf")
-        }
-        predicted = lr * sigma[k] / np.log1p(lr * sigma[k])
-        # starts are known to one save spacing (η) each: slope error ≤ 2η/Δδ
-        bound = 2 * lr / delta
-        tolerance = predicted * bound * (1 / slope["gd"] + 1 / slope["gf"])
-        fits.append(
-            dict(
-                stage=k + 1,
-                sigma=float(sigma[k]),
-                gf_slope=float(slope["gf"]),
-                gd_slope=float(slope["gd"]),
-                inverse_sigma=float(1 / sigma[k]),
-                measured_ratio=float(slope["gd"] / slope["gf"]),
-                predicted_ratio=float(predicted),
-                tolerance=float(tolerance),
-            )
-        )
-    return fits
-
-
-def _alignment(traj, coefficient):
-    """Median over units of the alignment ratio at every save."""
-    w1, w2 = np.asarray(traj.models.w1), np.asarray(traj.models.w2)
-    return np.array(
-        [np.median(analysis.alignment_ratio(a, b, coefficient)) for a, b in zip(w1, w2)]
-    )
-
-
 def _layerwise(problem, s):
-    """Layer-wise GD on W₃W₂W₁ (docs: theory/saddle-to-saddle): loss and σ₂/σ₁ of each
-    layer."""
+    """Layer-wise GD on W₃W₂W₁ (docs: theory/saddle-to-saddle): its loss and the
+    σ₂/σ₁ of each layer (curves), and the stages of its end-to-end map."""
     dims = (s["d"], s["width"], s["width"], s["out_dim"])
     net = models.DeepLinear(dims, scale=s["layerwise_scale"], key=jax.random.key(2))
     traj = dynamics.gradient_descent(
@@ -147,29 +127,21 @@ def _layerwise(problem, s):
     for weights in traj.models.weights:
         values = np.linalg.svd(np.asarray(weights), compute_uv=False)
         ratios.append(values[:, 1] / values[:, 0])
-    return traj, np.stack(ratios, axis=1)
+    curves = {
+        "layerwise/ts": np.asarray(traj.ts),
+        "layerwise/loss": np.asarray(traj.loss),
+        "layerwise/sigma2_over_sigma1": np.stack(ratios, axis=1),
+    }
+    stages = analysis.detect_stages(
+        traj.ts, traj.loss, maps=deep_linear_maps(traj.models.weights)
+    )
+    return curves, stages
 
 
-def _product(weights) -> np.ndarray:
-    """W_N ⋯ W₁ at every save (weights with a leading save axis)."""
-    product = np.asarray(weights[0])
-    for w in weights[1:]:
-        product = np.asarray(w) @ product
-    return product
-
-
-def _plateau_ratio(stages, ts, ratios):
-    """Median over the plateau after the first stage (to the next stage or the
-    end) of the largest σ₂/σ₁ among the layers: ≪ 1 when every layer is near
-    rank 1. None if there is no first stage."""
-    if not stages:
-        return None
-    stop = stages[1].start if len(stages) > 1 else ts[-1]
-    inside = (ts >= stages[0].end) & (ts <= stop)
-    return float(np.median(ratios[inside].max(axis=1))) if inside.any() else None
-
-
-def run(settings: dict, *, seed: int, progress: bool = True):
+def run(
+    settings: Config, *, seed: int, progress: bool = True
+) -> "SaddleToSaddleResult":
+    """Run saddle-to-saddle with resolved `settings` (see `SETTINGS`)."""
     s = settings
     steps = _check(s)
     problem = problems.teacher_student(
@@ -184,48 +156,18 @@ def run(settings: dict, *, seed: int, progress: bool = True):
     coefficient = np.asarray(problem.targets.T @ problem.inputs / s["n"])
     sigma = np.linalg.svd(coefficient, compute_uv=False)
     runs = _runs(problem, s, steps, progress)
-    rows, stages, curves = [], {}, {}
-    for (activation, scale), pair in runs.items():
-        for clock, traj in pair.items():
-            maps = _end_to_end(traj)
-            found = analysis.detect_stages(traj.ts, traj.loss, maps=maps)
-            if activation == "linear":
-                stages[clock, s["scales"].index(scale)] = found
-            for k, stage in enumerate(found):
-                rows.append(
-                    dict(
-                        activation=activation,
-                        scale=scale,
-                        clock=clock,
-                        stage=k + 1,
-                        start=stage.start,
-                        end=stage.end,
-                        loss_before=stage.loss_before,
-                        loss_after=stage.loss_after,
-                        rank_after=stage.rank_after,
-                    )
-                )
-            key = f"{activation}/{scale:g}/{clock}"
-            curves[f"{key}/ts"] = np.asarray(traj.ts)
-            curves[f"{key}/loss"] = np.asarray(traj.loss)
-            curves[f"{key}/singular_values"] = np.linalg.svd(maps, compute_uv=False)
+    rows, stages, curves = staircases(runs, s["scales"])
     small = runs["linear", s["scales"][1]]["gd"]
-    curves["alignment"] = _alignment(small, coefficient)
-    first = stages["gd", 1][0].start if stages["gd", 1] else None
-    layer_traj, layer_ratios = _layerwise(problem, s)
-    curves["layerwise/ts"] = np.asarray(layer_traj.ts)
-    curves["layerwise/loss"] = np.asarray(layer_traj.loss)
-    curves["layerwise/sigma2_over_sigma1"] = layer_ratios
-    layer_stages = analysis.detect_stages(
-        layer_traj.ts, layer_traj.loss, maps=_product(layer_traj.models.weights)
-    )
+    curves["alignment"] = unit_alignment(small, coefficient)
+    layer_curves, layer_stages = _layerwise(problem, s)
+    curves.update(layer_curves)
     fits = dict(
         sigma=sigma.tolist(),
-        slowdown=_slowdown(stages, sigma, s["lr"], s["scales"]),
-        alignment_at_first_escape=(
-            None
-            if first is None
-            else float(np.interp(first, np.asarray(small.ts), curves["alignment"]))
+        slowdown=slowdown(
+            stages, sigma, s["lr"], s["scales"], s["flow_saves_per_step"]
+        ),
+        alignment_at_first_escape=alignment_at_escape(
+            stages["gd", 1], small.ts, curves["alignment"]
         ),
         layerwise_stages=[
             dict(
@@ -236,23 +178,35 @@ def run(settings: dict, *, seed: int, progress: bool = True):
             )
             for x in layer_stages
         ],
-        layerwise_plateau_ratio=_plateau_ratio(
-            layer_stages, curves["layerwise/ts"], layer_ratios
+        layerwise_plateau_ratio=plateau_ratio(
+            layer_stages, curves["layerwise/ts"], curves["layerwise/sigma2_over_sigma1"]
         ),
     )
-    return SaddleToSaddleResult(dict(s), rows, fits, curves)
+    return SaddleToSaddleResult(s, rows, fits, curves)
 
 
-@dataclasses.dataclass
-class SaddleToSaddleResult:
+_SLOWDOWN_COLUMNS = (
+    Column("stage"),
+    Column("sigma", "σ_k", ".3f"),
+    Column("gf_slope", "GF slope", ".3f"),
+    Column("inverse_sigma", "1/σ_k", ".3f"),
+    Column("gd_slope", "GD slope", ".3f"),
+    Column("measured_ratio", "GD/GF", ".4f"),
+    Column("predicted_ratio", "ησ/ln(1+ησ)", ".4f"),
+    Column("tolerance", "±", ".4f"),
+)
+
+_CLOCKS = (("gd", "-"), ("gf", "--"))
+
+
+class SaddleToSaddleResult(ExperimentResult):
     """Stage table (`rows`), slowdown fits and alignment (`fits`), curves."""
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
+    PANEL_SIZE = (5.0, 4.4)
 
     def stages(self, activation="linear", scale=None, clock="gd") -> list:
+        """The table rows of one run (default: the linear net's GD run from the
+        smaller init scale)."""
         scale = self.settings["scales"][1] if scale is None else scale
         return [
             r
@@ -262,113 +216,149 @@ class SaddleToSaddleResult:
             and r["clock"] == clock
         ]
 
-    def table(self) -> str:
-        head = (
-            f"{'act':<7} {'α':>7} {'clock':<5} {'stage':>5} {'start':>8} {'end':>8} "
-            f"{'loss before':>12} {'loss after':>11} {'rank':>4}"
+    def columns(self):
+        return (
+            Column("activation", "act"),
+            Column("scale", "α", ".0e"),
+            Column("clock"),
+            Column("stage"),
+            Column("start", fmt=".2f"),
+            Column("end", fmt=".2f"),
+            Column("loss_before", "loss before", ".4e"),
+            Column("loss_after", "loss after", ".3e"),
+            Column("rank_after", "rank"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(
-                f"{r['activation']:<7} {r['scale']:>7.0e} {r['clock']:<5} "
-                f"{r['stage']:>5} {r['start']:>8.2f} {r['end']:>8.2f} "
-                f"{r['loss_before']:>12.4e} {r['loss_after']:>11.3e} "
-                f"{r['rank_after'] if r['rank_after'] is not None else '':>4}"
-            )
-        lines += [
-            "",
-            "finite-step slowdown per plateau (linear net): escape time per unit of "
-            "δ = −ln α",
-            f"{'stage':>5} {'σ_k':>7} {'GF slope':>9} {'1/σ_k':>7} {'GD slope':>9} "
-            f"{'GD/GF':>7} {'ησ/ln(1+ησ)':>12} {'±':>6}",
-        ]
-        for f in self.fits["slowdown"]:
-            lines.append(
-                f"{f['stage']:>5} {f['sigma']:>7.3f} {f['gf_slope']:>9.3f} "
-                f"{f['inverse_sigma']:>7.3f} {f['gd_slope']:>9.3f} "
-                f"{f['measured_ratio']:>7.4f} {f['predicted_ratio']:>12.4f} "
-                f"{f['tolerance']:>6.4f}"
-            )
+
+    def notes(self):
+        notes = []
         a = self.fits["alignment_at_first_escape"]
         if a is not None:
-            lines.append(
-                f"\nmedian alignment ratio ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖ at the end of the first "
+            notes.append(
+                "median alignment ratio ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖ at the end of the first "
                 f"plateau (GD, α = {self.settings['scales'][1]:g}): {a:.2e}"
             )
         r = self.fits["layerwise_plateau_ratio"]
-        lines.append(
+        notes.append(
             f"layer-wise GD, 3-layer linear net: {len(self.fits['layerwise_stages'])} "
             "stages; on the plateau after the first, median of the largest σ₂/σ₁ "
             "over the layers: " + ("n/a" if r is None else f"{r:.2e}")
         )
-        return "\n".join(lines)
+        return notes
 
-    def figure(self):
-        import matplotlib
+    def table(self) -> str:
+        """The stage table, then the slowdown per plateau with the alignment and
+        layer-wise findings as notes."""
+        slowdown = render_table(
+            self.fits["slowdown"],
+            _SLOWDOWN_COLUMNS,
+            title="finite-step slowdown per plateau (linear net): escape time per "
+            "unit of δ = −ln α",
+            notes=self.notes(),
+        )
+        return render_table(self.rows, self.columns()) + "\n\n" + slowdown
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def figure_title(self):
+        s = self.settings
+        return (
+            f"teacher rank {s['teacher_rank']}, n={s['n']}, d={s['d']}, "
+            f"width {s['width']}, η={s['lr']:g}"
+        )
 
-        s, c = self.settings, self.curves
-        small = s["scales"][1]
-        fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
-        ax = axes[0]
-        for activation, colour in zip(ACTIVATIONS, ("C0", "C3")):
-            for clock, style in (("gd", "-"), ("gf", "--")):
-                key = f"{activation}/{small:g}/{clock}"
-                ax.semilogy(
-                    c[f"{key}/ts"],
-                    c[f"{key}/loss"],
-                    style,
-                    color=colour,
-                    label=f"{activation} {clock.upper()}",
+    def figure_data(self):
+        """The curves, with every matrix-valued curve also split by column
+        (`NAME/j`, j from 1)."""
+        data = dict(self.curves)
+        for name, value in self.curves.items():
+            value = np.asarray(value)
+            if value.ndim == 2:
+                data.update(
+                    {f"{name}/{j + 1}": value[:, j] for j in range(value.shape[1])}
                 )
-        for stage in self.stages():
-            ax.axvspan(stage["start"], stage["end"], color="0.9", zorder=0)
-        ax.set(xlabel="time t = kη", ylabel="loss", title=f"staircase (α = {small:g})")
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        for clock, style in (("gd", "-"), ("gf", "--")):
-            values = c[f"linear/{small:g}/{clock}/singular_values"]
-            for j in range(values.shape[1]):
-                ax.semilogy(
-                    c[f"linear/{small:g}/{clock}/ts"],
-                    values[:, j],
+        return data
+
+    def panels(self):
+        small = f"{self.settings['scales'][1]:g}"
+        return (
+            self._staircase_panel(small),
+            self._singular_values_panel(small),
+            Panel(
+                title="units align with C's top pair on plateau 1",
+                series=(Series("alignment", f"linear/{small}/gd/ts"),),
+                lines=tuple(
+                    Line(r["start"], "x", options=dict(color="0.6", lw=0.8, ls="-"))
+                    for r in self.stages()
+                ),
+                xlabel="time",
+                ylabel="median ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖",
+                yscale="log",
+            ),
+            self._layerwise_panel(),
+        )
+
+    def _staircase_panel(self, small):
+        spans = [(r["start"], r["end"]) for r in self.stages()]
+
+        def shade_stages(ax, data):
+            for start, end in spans:
+                ax.axvspan(start, end, color="0.9", zorder=0)
+
+        return Panel(
+            title=f"staircase (α = {small})",
+            series=tuple(
+                Series(
+                    f"{activation}/{small}/{clock}/loss",
+                    f"{activation}/{small}/{clock}/ts",
                     style,
-                    color=f"C{j}",
-                    label=f"σ{j + 1} {clock.upper()}" if j < 4 else None,
+                    f"{activation} {clock.upper()}",
+                    options=dict(color=colour),
                 )
-        ax.set(
+                for activation, colour in zip(ACTIVATIONS, ("C0", "C3"))
+                for clock, style in _CLOCKS
+            ),
+            xlabel="time t = kη",
+            ylabel="loss",
+            yscale="log",
+            draw=shade_stages,
+        )
+
+    def _singular_values_panel(self, small):
+        count = np.shape(self.curves[f"linear/{small}/gd/singular_values"])[1]
+        return Panel(
+            title="one rank per stage",
+            series=tuple(
+                Series(
+                    f"linear/{small}/{clock}/singular_values/{j + 1}",
+                    f"linear/{small}/{clock}/ts",
+                    style,
+                    f"σ{j + 1} {clock.upper()}" if j < 4 else "",
+                    options=dict(color=f"C{j}"),
+                )
+                for clock, style in _CLOCKS
+                for j in range(count)
+            ),
             xlabel="time",
             ylabel="singular values of W₂W₁",
-            title="one rank per stage",
-            ylim=(1e-12, None),
+            yscale="log",
+            draw=lambda ax, data: ax.set_ylim(1e-12, None),
+            legend_size=7.0,
+            legend_columns=2,
         )
-        ax.legend(fontsize=7, ncol=2)
-        ax = axes[2]
-        ax.semilogy(c[f"linear/{small:g}/gd/ts"], c["alignment"])
-        for stage in self.stages():
-            ax.axvline(stage["start"], color="0.6", lw=0.8)
-        ax.set(
-            xlabel="time",
-            ylabel="median ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖",
-            title="units align with C's top pair on plateau 1",
-        )
-        ax = axes[3]
-        ax.semilogy(c["layerwise/ts"], c["layerwise/loss"], "k", label="loss")
-        for j in range(c["layerwise/sigma2_over_sigma1"].shape[1]):
-            ax.semilogy(
-                c["layerwise/ts"],
-                c["layerwise/sigma2_over_sigma1"][:, j],
+
+    def _layerwise_panel(self):
+        layers = np.shape(self.curves["layerwise/sigma2_over_sigma1"])[1]
+        ratios = tuple(
+            Series(
+                f"layerwise/sigma2_over_sigma1/{j + 1}",
+                "layerwise/ts",
                 "--",
-                label=f"σ₂/σ₁ of W{j + 1}",
+                f"σ₂/σ₁ of W{j + 1}",
             )
-        ax.set(xlabel="time", title="layer-wise GD, 3-layer linear net")
-        ax.legend(fontsize=8)
-        fig.suptitle(
-            f"teacher rank {s['teacher_rank']}, n={s['n']}, d={s['d']}, "
-            f"width {s['width']}, η={s['lr']:g}",
-            fontsize=10,
+            for j in range(layers)
         )
-        fig.tight_layout()
-        return fig
+        return Panel(
+            title="layer-wise GD, 3-layer linear net",
+            series=(Series("layerwise/loss", "layerwise/ts", "k", "loss"), *ratios),
+            xlabel="time",
+            ylabel="loss; σ₂/σ₁ of each layer",
+            yscale="log",
+        )

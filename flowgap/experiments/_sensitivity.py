@@ -21,8 +21,6 @@ the hypergradient taken through the whole run; the figure shows the error
 along the tuning path.
 """
 
-import dataclasses
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -31,7 +29,10 @@ import optax
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
-from ._settings import Setting, SettingError
+from ._figure import Panel, Series
+from ._result import ExperimentResult
+from ._settings import Config, Setting, SettingError
+from ._table import Column
 
 NAME = "sensitivity"
 
@@ -147,96 +148,145 @@ def _tune(problem, s, progress):
     )
 
 
-@dataclasses.dataclass
-class SensitivityResult:
+class SensitivityResult(ExperimentResult):
     """Rows per α (‖dβ_∞/dα‖ and each unrolled route's relative distance to the
     implicit one), fits (GD's order in η, the tuning summary), curves."""
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
+    PANEL_SIZE = (16 / 3, 4.4)
 
-    def table(self) -> str:
-        head = (
-            f"{'alpha':>7} {'|dβ/dα| implicit':>17} {'GF rel':>9} {'GF stop t':>9} "
-            f"{'GD rel (smallest η)':>19} {'GD extrapolated rel':>19}"
+    def columns(self):
+        return (
+            Column("alpha", fmt=".3g"),
+            Column("implicit_norm", "|dβ/dα| implicit", ".6g"),
+            Column("gf_rel", "GF rel", ".2e"),
+            Column("gf_stop_time", "GF stop t", ".3g"),
+            Column(lambda r: r["gd_rel"][-1], "GD rel (smallest η)", ".2e"),
+            Column("gd_extrapolated_rel", "GD extrapolated rel", ".2e", "n/a"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            extra = r["gd_extrapolated_rel"]
-            lines.append(
-                f"{r['alpha']:>7.3g} {r['implicit_norm']:>17.6g} "
-                f"{r['gf_rel']:>9.2e} {r['gf_stop_time']:>9.3g} "
-                f"{r['gd_rel'][-1]:>19.2e} "
-                f"{'n/a' if extra is None else f'{extra:.2e}':>19}"
-            )
+
+    def notes(self):
         t = self.fits["tune"]
-        lines.append(
+        return (
             f"GD - implicit ∝ η^{self.fits['gd_order']['slope']:.3f} "
-            f"(first order expected)"
-        )
-        lines.append(
+            "(first order expected)",
             f"tune ρ ({len(self.curves['tune_ratio']) - 1} Adam steps on ln ρ): "
             f"ρ {t['ratio_start']:.4g} → {t['ratio_end']:.4g}, recovery error "
             f"{t['error_start']:.4g} → {t['error_end']:.4g} "
-            f"(best {t['error_best']:.4g} at ρ = {t['ratio_best']:.4g})"
+            f"(best {t['error_best']:.4g} at ρ = {t['ratio_best']:.4g})",
         )
-        return "\n".join(lines)
 
-    def figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-
+    def figure_data(self):
+        """The curves, with GD's relative distance split per learning rate
+        (`gd_rel/i`) and the best tuning iterate (`tune_best_*`)."""
         c = self.curves
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-        ax = axes[0]
-        ax.loglog(c["dense_alpha"], c["dense_norm"], "-", label="implicit (IFT)")
-        ax.loglog(c["alpha"], c["gf_norm"], "o", mfc="none", ms=9, label="unrolled GF")
-        ax.loglog(c["alpha"], c["gd_norm"], "x", ms=8, label="unrolled GD (smallest η)")
-        ax.set(
-            xlabel="init scale α",
-            ylabel="‖dβ_∞/dα‖₂",
-            title="derivative of the converged limit",
+        gd_rel = np.asarray(c["gd_rel"])
+        best = int(np.argmin(c["tune_error"]))
+        return {
+            **c,
+            **{f"gd_rel/{i}": gd_rel[:, i] for i in range(gd_rel.shape[1])},
+            "tune_best_iteration": np.asarray([best]),
+            "tune_best_error": np.asarray(c["tune_error"])[[best]],
+        }
+
+    def panels(self):
+        return (
+            Panel(
+                title="derivative of the converged limit",
+                series=(
+                    Series("dense_norm", "dense_alpha", label="implicit (IFT)"),
+                    Series(
+                        "gf_norm",
+                        "alpha",
+                        "o",
+                        "unrolled GF",
+                        options=dict(mfc="none", ms=9),
+                    ),
+                    Series(
+                        "gd_norm",
+                        "alpha",
+                        "x",
+                        "unrolled GD (smallest η)",
+                        options=dict(ms=8),
+                    ),
+                ),
+                xlabel="init scale α",
+                ylabel="‖dβ_∞/dα‖₂",
+                xscale="log",
+                yscale="log",
+                draw=_label_scales,
+            ),
+            self._agreement_panel(),
+            Panel(
+                title=f"tuning ρ, polar net α = {self.settings['tune_scale']:g}",
+                series=(
+                    Series(
+                        "tune_error",
+                        style="o-",
+                        label="recovery error",
+                        options=dict(color="C3"),
+                    ),
+                    Series(
+                        "tune_best_error",
+                        "tune_best_iteration",
+                        "*",
+                        "best",
+                        options=dict(ms=14, color="C3"),
+                    ),
+                ),
+                xlabel="tuning iteration (Adam on ln ρ)",
+                ylabel="recovery error ‖β(T) − β*‖",
+                draw=_plot_ratio,
+                legend_size=0.0,  # drawn by `_plot_ratio`, with the twin axis's ρ
+            ),
         )
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        ax.loglog(c["alpha"], c["gf_rel"], "o-", label="unrolled GF (event stop)")
-        for lr, rel in zip(self.settings["lrs"], c["gd_rel"].T):
-            ax.loglog(c["alpha"], rel, "x--", label=f"unrolled GD, η = {lr:g}")
-        if "gd_extrapolated_rel" in c:
-            ax.loglog(
-                c["alpha"], c["gd_extrapolated_rel"], "s-", label="GD, Richardson η→0"
+
+    def _agreement_panel(self):
+        gd = tuple(
+            Series(f"gd_rel/{i}", "alpha", "x--", f"unrolled GD, η = {lr:g}")
+            for i, lr in enumerate(self.settings["lrs"])
+        )
+        extrapolated = ()
+        if "gd_extrapolated_rel" in self.curves:
+            extrapolated = (
+                Series("gd_extrapolated_rel", "alpha", "s-", "GD, Richardson η→0"),
             )
-        ax.set(
+        return Panel(
+            title="agreement of the three routes",
+            series=(
+                Series("gf_rel", "alpha", "o-", "unrolled GF (event stop)"),
+                *gd,
+                *extrapolated,
+            ),
             xlabel="init scale α",
             ylabel="relative distance to implicit",
-            title="agreement of the three routes",
+            xscale="log",
+            yscale="log",
+            draw=_label_scales,
         )
-        ax.legend(fontsize=8)
-        for ax in axes[:2]:
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax = axes[2]
-        ax.plot(c["tune_error"], "o-", color="C3")
-        best = int(np.argmin(c["tune_error"]))
-        ax.plot(best, c["tune_error"][best], "*", ms=14, color="C3", label="best")
-        ax.legend(fontsize=8, loc="upper center")
-        ax.set(
-            xlabel="tuning iteration (Adam on ln ρ)",
-            ylabel="recovery error ‖β(T) − β*‖",
-            title=f"tuning ρ, polar net α = {self.settings['tune_scale']:g}",
-        )
-        twin = ax.twinx()
-        twin.plot(c["tune_ratio"], "s:", color="C0")
-        twin.set_ylabel("ρ = η_θ/η_r", color="C0")
-        fig.tight_layout()
-        return fig
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> SensitivityResult:
+def _label_scales(ax, data):
+    """Ticks at the init scales α of the unrolled runs, without minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    alpha = np.asarray(data["alpha"])
+    ax.set_xticks(alpha, [f"{a:g}" for a in alpha])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _plot_ratio(ax, data):
+    """The rate ratio ρ along the tuning path, on a twin axis, and one legend
+    for both axes (on the twin, so that its lines do not cover it)."""
+    twin = ax.twinx()
+    twin.plot(data["tune_ratio"], "s:", color="C0", label="ρ (right axis)")
+    twin.set_ylabel("ρ = η_θ/η_r", color="C0")
+    handles, labels = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    twin.legend(handles + more[0], labels + more[1], fontsize=8, loc="upper center")
+
+
+def run(settings: Config, *, seed: int, progress: bool = True) -> SensitivityResult:
+    """Run sensitivity with resolved `settings` (see `SETTINGS`)."""
     s = settings
     if s["sparsity"] > s["d"]:
         raise SettingError("setting `sparsity` must be at most `d`")
@@ -245,70 +295,88 @@ def run(settings: dict, *, seed: int, progress: bool = True) -> SensitivityResul
     problem = problems.sparse_recovery(
         jax.random.key(seed), n=s["n"], d=s["d"], sparsity=s["sparsity"]
     )
+    curves = _implicit_curve(problem, s)
+    rows, norms = [], {"gf_norm": [], "gd_norm": []}
+    for alpha in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
+        row, gf_norm, gd_norm = _compare(problem, s, alpha)
+        rows.append(row)
+        norms["gf_norm"].append(gf_norm)
+        norms["gd_norm"].append(gd_norm)
+    tuned = _tune(problem, s, progress)
+    curves.update(
+        alpha=np.asarray(s["scales"], float),
+        gf_norm=np.asarray(norms["gf_norm"]),
+        gd_norm=np.asarray(norms["gd_norm"]),
+        gf_rel=np.asarray([r["gf_rel"] for r in rows]),
+        gd_rel=np.asarray([r["gd_rel"] for r in rows]),
+        tune_ratio=tuned.path["ratio"],
+        tune_error=tuned.values,
+        tune_grad=tuned.grads["ratio"],
+    )
+    extra_rel = [r["gd_extrapolated_rel"] for r in rows]
+    if all(r is not None for r in extra_rel):
+        curves["gd_extrapolated_rel"] = np.asarray(extra_rel)
+    fits = dict(gd_order=_gd_order(s["lrs"], rows[0]["gd_rel"]), tune=_tuning(tuned))
+    return SensitivityResult(settings=s, rows=rows, fits=fits, curves=curves)
+
+
+def _implicit_curve(problem, s) -> dict:
+    """‖dβ_∞/dα‖ by the implicit function theorem on a dense α grid around
+    `scales`."""
     x, y = problem.inputs, problem.targets
     lo, hi = min(s["scales"]), max(s["scales"])
     dense_alpha = np.geomspace(lo / 2, hi * 2, 40)
     dense = jax.vmap(lambda a: analysis.woodworth_limit_derivative(x, y, a)[1])(
         jnp.asarray(dense_alpha)
     )
-    rows, gf_rel, gd_rel, extra_rel = [], [], [], []
-    gf_norm, gd_norm = [], []
-    for alpha in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
-        implicit = np.asarray(analysis.woodworth_limit_derivative(x, y, alpha)[1])
-        gf, traj, gd = _unrolled(problem, s, alpha)
-        if not bool(traj.successful):
-            raise SettingError(
-                f"the flow at α = {alpha} did not reach L < tol by gf_t1 "
-                f"({traj.message()}); raise `gf_t1` or `tol`"
-            )
-        extrapolated = _richardson(gd, s["lrs"])
-        rel_gd = [_relative(v, implicit) for v in gd]
-        rel_extra = None if extrapolated is None else _relative(extrapolated, implicit)
-        rows.append(
-            dict(
-                alpha=float(alpha),
-                implicit_norm=float(np.linalg.norm(implicit)),
-                gf_rel=_relative(gf, implicit),
-                gf_stop_time=float(traj.stop_time),
-                gd_rel=rel_gd,
-                gd_extrapolated_rel=rel_extra,
-            )
+    return dict(
+        dense_alpha=dense_alpha, dense_norm=np.linalg.norm(np.asarray(dense), axis=1)
+    )
+
+
+def _compare(problem, s, alpha):
+    """The three routes to dβ_∞/dα at one α: the table row (relative distances
+    of the unrolled ones to the implicit one), ‖GF's‖ and ‖GD's at the smallest
+    η‖."""
+    x, y = problem.inputs, problem.targets
+    implicit = np.asarray(analysis.woodworth_limit_derivative(x, y, alpha)[1])
+    gf, traj, gd = _unrolled(problem, s, alpha)
+    if not bool(traj.successful):
+        raise SettingError(
+            f"the flow at α = {alpha} did not reach L < tol by gf_t1 "
+            f"({traj.message()}); raise `gf_t1` or `tol`"
         )
-        gf_rel.append(rows[-1]["gf_rel"])
-        gd_rel.append(rel_gd)
-        extra_rel.append(rel_extra)
-        gf_norm.append(float(np.linalg.norm(gf)))
-        gd_norm.append(float(np.linalg.norm(gd[-1])))
-    gd_order = (
-        analysis.loglog_slope(np.asarray(s["lrs"]), np.asarray(gd_rel[0]))
-        if len(s["lrs"]) > 1
-        else dict(slope=float("nan"))
-    )
-    tuned = _tune(problem, s, progress)
-    best = int(np.argmin(tuned.values))
-    curves = dict(
-        dense_alpha=dense_alpha,
-        dense_norm=np.linalg.norm(np.asarray(dense), axis=1),
-        alpha=np.asarray(s["scales"], float),
-        gf_norm=np.asarray(gf_norm),
-        gd_norm=np.asarray(gd_norm),
-        gf_rel=np.asarray(gf_rel),
-        gd_rel=np.asarray(gd_rel),
-        tune_ratio=tuned.path["ratio"],
-        tune_error=tuned.values,
-        tune_grad=tuned.grads["ratio"],
-    )
-    if all(r is not None for r in extra_rel):
-        curves["gd_extrapolated_rel"] = np.asarray(extra_rel)
-    fits = dict(
-        gd_order={k: v for k, v in gd_order.items() if k in ("slope", "ci")},
-        tune=dict(
-            ratio_start=float(tuned.path["ratio"][0]),
-            ratio_end=float(tuned.path["ratio"][-1]),
-            error_start=float(tuned.values[0]),
-            error_end=float(tuned.values[-1]),
-            ratio_best=float(tuned.path["ratio"][best]),
-            error_best=float(tuned.values[best]),
+    extrapolated = _richardson(gd, s["lrs"])
+    row = dict(
+        alpha=float(alpha),
+        implicit_norm=float(np.linalg.norm(implicit)),
+        gf_rel=_relative(gf, implicit),
+        gf_stop_time=float(traj.stop_time),
+        gd_rel=[_relative(v, implicit) for v in gd],
+        gd_extrapolated_rel=(
+            None if extrapolated is None else _relative(extrapolated, implicit)
         ),
     )
-    return SensitivityResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
+    return row, float(np.linalg.norm(gf)), float(np.linalg.norm(gd[-1]))
+
+
+def _gd_order(lrs, gd_rel) -> dict:
+    """The log-log slope (and its CI) of GD's distance to the implicit
+    derivative against η, at the first α."""
+    if len(lrs) < 2:
+        return dict(slope=float("nan"))
+    order = analysis.loglog_slope(np.asarray(lrs), np.asarray(gd_rel))
+    return {k: v for k, v in order.items() if k in ("slope", "ci")}
+
+
+def _tuning(tuned) -> dict:
+    """ρ and the recovery error at the start, the end and the best iterate."""
+    best = int(np.argmin(tuned.values))
+    return dict(
+        ratio_start=float(tuned.path["ratio"][0]),
+        ratio_end=float(tuned.path["ratio"][-1]),
+        error_start=float(tuned.values[0]),
+        error_end=float(tuned.values[-1]),
+        ratio_best=float(tuned.path["ratio"][best]),
+        error_best=float(tuned.values[best]),
+    )

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -78,7 +79,59 @@ class Setting:
         return f"{self.name}={default}  ({self.kind}) {self.help}"
 
 
-def resolve(settings: tuple[Setting, ...], overrides: dict) -> dict:
+class Config(Mapping):
+    """An experiment's resolved settings: immutable, typed by their `Setting`s,
+    read as `config.name` or `config["name"]`.
+
+    It is hashable, so a `point(config, ...)` function can take it as a static
+    argument of a compiled program; `replace(**changes)` re-checks the changes.
+    """
+
+    __slots__ = ("_values", "_specs")
+
+    def __init__(self, values: Mapping, specs: tuple[Setting, ...] = ()):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_specs", tuple(specs))
+
+    def __getattr__(self, name: str):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting `{name}`") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a Config is immutable; use `replace`")
+
+    def __getitem__(self, name: str):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __reduce__(self):
+        return (Config, (self._values, self._specs))
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"Config({items})"
+
+    def replace(self, **changes) -> "Config":
+        """A copy with `changes`, checked like `--set` values."""
+        if not self._specs:
+            return Config({**self._values, **changes})
+        return resolve(self._specs, {**self._values, **changes})
+
+
+def resolve(settings: tuple[Setting, ...], overrides: Mapping) -> Config:
     """Defaults updated by `overrides` (strings from the CLI, or Python values)."""
     by_name = {s.name: s for s in settings}
     unknown = sorted(set(overrides) - set(by_name))
@@ -94,4 +147,4 @@ def resolve(settings: tuple[Setting, ...], overrides: dict) -> dict:
             if isinstance(value, str)
             else setting.check(tuple(value) if setting.kind == "floats" else value)
         )
-    return values
+    return Config(values, settings)

@@ -8,8 +8,6 @@ gap ‖θ_GD(T) − θ_GF(T)‖, and fits the gap exponent p in gap ∝ ηᵖ (p
 the flow's explicit Euler method).
 """
 
-import dataclasses
-
 import diffrax
 import equinox as eqx
 import jax
@@ -17,9 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import analysis, dynamics, models, problems
+from .. import dynamics, models, problems
+from ._figure import Panel, Series, shades
+from ._ladder import fit_against_lr, label_lrs, ladder_steps, tone
+from ._result import ExperimentResult
 from ._settings import Setting, SettingError
 from ._sweepable import Sweepable
+from ._table import Column
 
 NAME = "step-vs-flow"
 
@@ -68,53 +70,35 @@ QUICK = dict(
 )
 
 
-def point(settings, *, key, scale, lr):
-    """One sweep point: the plain diagonal net on the problem drawn by `key`, by
-    GD (`steps` steps of `lr`) and by the exact flow to the same time T = steps·lr.
+# The science `flowgap run` (a ladder of rates to one horizon t1, both nets, one
+# flow per net) and `flowgap sweep` (`point`: the plain net, one flow per point, to
+# T = steps·lr) share: the problem, the flow solver and the measurements. Where
+# steps·lr = t1, `point` gives the run's plain-net numbers bit for bit.
 
-    **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
-    `gap` ‖θ_GD(T) − θ_GF(T)‖, `final_loss` (GD) and `status` (GD's, else GF's).
-    """
+
+def _problem(settings, key):
+    """The sparse-recovery problem drawn by `key`."""
     s = settings
-    problem = problems.sparse_recovery(key, n=s["n"], d=s["d"], sparsity=s["sparsity"])
-    model = models.DiagonalNet(s["d"], depth=s["depth"], scale=scale)
-    gd = dynamics.gradient_descent(
-        problem.loss, model, lr=lr, steps=s["steps"], save_every=s["steps"]
-    )
-    gf = dynamics.gradient_flow(
-        problem.loss,
+    return problems.sparse_recovery(key, n=s["n"], d=s["d"], sparsity=s["sparsity"])
+
+
+def _flow(loss, model, settings, *, t1, **options):
+    """The exact gradient flow to `t1`: Dopri8 at the job's `rtol` and `atol`;
+    `options` (`ts`, `rates`, `max_steps`) go to `dynamics.gradient_flow`."""
+    return dynamics.gradient_flow(
+        loss,
         model,
-        t1=s["steps"] * lr,
+        t1=t1,
         solver=diffrax.Dopri8(),
-        rtol=s["rtol"],
-        atol=s["atol"],
-    )
-    gd_status = dynamics.status_code(gd.result)
-    gf_status = dynamics.status_code(gf.result)
-    return dict(
-        recovery_error=jnp.linalg.norm(gd.final.end_to_end() - problem.truth),
-        flow_recovery_error=jnp.linalg.norm(gf.final.end_to_end() - problem.truth),
-        gap=_distance(gd.final, gf.final),
-        final_loss=gd.final_loss,
-        status=jnp.where(gd_status != 0, gd_status, gf_status),
+        rtol=settings["rtol"],
+        atol=settings["atol"],
+        **options,
     )
 
 
-SWEEP = Sweepable(axes=("scale", "lr"), point=point, metric="gap")
-
-
-def _steps(t1: float, lr: float, saves: int) -> int:
-    steps = t1 / lr
-    if abs(steps - round(steps)) > 1e-9 * steps or round(steps) < 1:
-        raise SettingError(
-            f"setting `lrs`: t1 = {t1:g} is not a whole number of steps of lr = {lr:g}"
-        )
-    if round(steps) % saves:
-        raise SettingError(
-            f"setting `saves` ({saves}) must divide the {round(steps)} steps of lr = "
-            f"{lr:g}, so GD saves fall on the flow's save times"
-        )
-    return int(round(steps))
+def _recovery_error(trajectory, truth):
+    """‖β − β*‖ at the end of `trajectory`."""
+    return jnp.linalg.norm(trajectory.final.end_to_end() - truth)
 
 
 def _distance(a, b, *, batch_dims: int = 0):
@@ -129,123 +113,164 @@ def _distance(a, b, *, batch_dims: int = 0):
     return jnp.sqrt(squares)
 
 
-@dataclasses.dataclass
-class StepVsFlowResult:
+def point(settings, *, key, scale, lr):
+    """One sweep point: the plain diagonal net on the problem drawn by `key`, by
+    GD (`steps` steps of `lr`) and by the exact flow to the same time T = steps·lr.
+
+    **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
+    `gap` ‖θ_GD(T) − θ_GF(T)‖, `final_loss` (GD) and `status` (GD's, else GF's).
+    """
+    s = settings
+    problem = _problem(s, key)
+    model = models.DiagonalNet(s["d"], depth=s["depth"], scale=scale)
+    gd = dynamics.gradient_descent(
+        problem.loss, model, lr=lr, steps=s["steps"], save_every=s["steps"]
+    )
+    gf = _flow(problem.loss, model, s, t1=s["steps"] * lr)
+    gd_status = dynamics.status_code(gd.result)
+    gf_status = dynamics.status_code(gf.result)
+    return dict(
+        recovery_error=_recovery_error(gd, problem.truth),
+        flow_recovery_error=_recovery_error(gf, problem.truth),
+        gap=_distance(gd.final, gf.final),
+        final_loss=gd.final_loss,
+        status=jnp.where(gd_status != 0, gd_status, gf_status),
+    )
+
+
+SWEEP = Sweepable(axes=("scale", "lr"), point=point, metric="gap")
+
+#: each net's colour ramp in the figure
+COLOURS = {"plain": "Blues", "polar": "Oranges"}
+
+
+class StepVsFlowResult(ExperimentResult):
     """What one step-vs-flow run produced.
 
-    `rows`: one dict per run (model, clock, lr, final loss, recovery error, gap,
+    `rows`: one dict per run (model, clock, final loss, recovery error, gap,
     steps, status); `fits`: per model, the log–log fit of gap against lr;
-    `curves`: arrays for the figure and the npz file.
+    `curves`: per model the flow's and each GD run's saved times and losses,
+    each GD run's gap to the flow per save, and the gaps at T over the ladder.
     """
 
-    settings: dict
-    rows: list
-    fits: dict
-    curves: dict
+    PANEL_SIZE = (5.0, 4.4)
 
-    def table(self) -> str:
-        head = (
-            f"{'model':<8} {'clock':<14} {'final loss':>11} {'‖β−β*‖':>10} "
-            f"{'‖θ_GD−θ_GF‖(T)':>15} {'steps':>7}  status"
+    def columns(self):
+        return (
+            Column("model"),
+            Column("clock"),
+            Column("final_loss", "final loss", ".3e"),
+            Column("recovery_error", "‖β−β*‖", ".3e"),
+            Column("gap", "‖θ_GD−θ_GF‖(T)", ".3e"),
+            Column("steps"),
+            Column("status"),
         )
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            gap = "" if r["gap"] is None else f"{r['gap']:.3e}"
-            lines.append(
-                f"{r['model']:<8} {r['clock']:<14} {r['final_loss']:>11.3e} "
-                f"{r['recovery_error']:>10.3e} {gap:>15} {r['steps']:>7}  {r['status']}"
-            )
-        lines.append("")
-        for model, fit in self.fits.items():
-            lines.append(
-                f"gap exponent ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
-                "  (GD = explicit Euler of GF: expected 1)"
-            )
-        return "\n".join(lines)
 
-    def figure(self):
+    def notes(self):
+        return [
+            f"gap exponent ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
+            "  (GD = explicit Euler of GF: expected 1)"
+            for model, fit in self.fits.items()
+        ]
+
+    def figure_data(self):
+        """The curves, plus each net's fitted line `NET/gaps/fit` over the rates."""
+        lrs = np.asarray(self.settings["lrs"])
+        fits = {
+            f"{model}/gaps/fit": np.exp(fit["intercept"]) * lrs ** fit["slope"]
+            for model, fit in self.fits.items()
+        }
+        return {**self.curves, **fits}
+
+    def figure_title(self):
+        s = self.settings
+        return (
+            f"sparse recovery n={s['n']}, d={s['d']}, s={s['sparsity']}; "
+            f"depth {s['depth']}, α={s['scale']:g}, ρ={s['ratio']:g}"
+        )
+
+    def panels(self):
         """Loss against time (GD at the largest lr and GF), the gap
         ‖θ_GD(t) − θ_GF(t)‖ along the run per lr, and the gap at T against lr."""
-        import matplotlib
+        return (self._loss_panel(), self._gap_panel(), self._exponent_panel())
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import LogLocator, NullFormatter
+    def _loss_panel(self):
+        top = max(self.settings["lrs"])
+        series = []
+        for model, colormap in COLOURS.items():
+            gd = f"{model}/gd/{top:g}"
+            series += [
+                Series(
+                    f"{model}/gf/loss",
+                    f"{model}/gf/ts",
+                    label=f"{model}: GF (Diffrax)",
+                    options=dict(color=tone(colormap, 0.9)),
+                ),
+                Series(
+                    f"{gd}/loss",
+                    f"{gd}/ts",
+                    "--",
+                    label=f"{model}: GD η={top:g}",
+                    options=dict(color=tone(colormap, 0.5)),
+                ),
+            ]
+        return Panel(
+            "loss", series, xlabel="time t = kη", ylabel="training loss", yscale="log"
+        )
 
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-        lrs = np.asarray(self.settings["lrs"])
-        shades = np.linspace(0.35, 1.0, len(lrs))
-        colours = {"plain": plt.cm.Blues, "polar": plt.cm.Oranges}
-        ax = axes[0]
-        for model, colour in colours.items():
-            ax.semilogy(
-                self.curves[f"{model}/gf/ts"],
-                self.curves[f"{model}/gf/loss"],
-                color=colour(0.9),
-                label=f"{model}: GF (Diffrax)",
+    def _gap_panel(self):
+        lrs = self.settings["lrs"]
+        series = [
+            Series(
+                f"{model}/gd/{lr:g}/gap",
+                f"{model}/gd/{lr:g}/ts",
+                label=f"{model} η={lr:g}",
+                skip=1,  # the gap is 0 at t = 0
+                options=dict(color=colour),
             )
-            big = f"{model}/gd/{lrs.max():g}"
-            ax.semilogy(
-                self.curves[f"{big}/ts"],
-                self.curves[f"{big}/loss"],
-                "--",
-                color=colour(0.5),
-                label=f"{model}: GD η={lrs.max():g}",
-            )
-        ax.set(xlabel="time t = kη", ylabel="training loss", title="loss")
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        for model, colour in colours.items():
-            for lr, shade in zip(lrs, shades):
-                key = f"{model}/gd/{lr:g}"
-                ax.semilogy(
-                    self.curves[f"{key}/ts"][1:],
-                    self.curves[f"{key}/gap"][1:],
-                    color=colour(shade),
-                    label=f"{model} η={lr:g}",
-                )
-        ax.set(
+            for model, colormap in COLOURS.items()
+            for lr, colour in zip(lrs, shades(colormap, len(lrs)))
+        ]
+        return Panel(
+            "step–flow gap along the run",
+            series,
             xlabel="time t = kη",
             ylabel="‖θ_GD(t) − θ_GF(t)‖",
-            title="step–flow gap along the run",
+            yscale="log",
+            legend_size=7,
+            legend_columns=2,
         )
-        ax.legend(fontsize=7, ncol=2)
-        ax = axes[2]
-        for (model, colour), marker in zip(colours.items(), ("o", "s")):
-            gaps = self.curves[f"{model}/gaps"]
-            fit = self.fits[model]
-            ax.loglog(
-                lrs,
-                gaps,
-                marker,
-                color=colour(0.8),
-                label=f"{model}: slope {fit['slope']:.3f}",
-            )
-            ax.loglog(
-                lrs,
-                np.exp(fit["intercept"]) * lrs ** fit["slope"],
-                "-",
-                color=colour(0.6),
-            )
-        ax.xaxis.set_minor_locator(LogLocator(subs="all"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(
+
+    def _exponent_panel(self):
+        series = []
+        for (model, colormap), marker in zip(COLOURS.items(), "os"):
+            slope = self.fits[model]["slope"]
+            series += [
+                Series(
+                    f"{model}/gaps",
+                    "lrs",
+                    marker,
+                    label=f"{model}: slope {slope:.3f}",
+                    options=dict(color=tone(colormap, 0.8)),
+                ),
+                Series(
+                    f"{model}/gaps/fit", "lrs", options=dict(color=tone(colormap, 0.6))
+                ),
+            ]
+        return Panel(
+            "gap at T against η (expected slope 1)",
+            series,
             xlabel="learning rate η",
             ylabel=f"‖θ_GD − θ_GF‖ at T = {self.settings['t1']:g}",
-            title="gap at T against η (expected slope 1)",
+            xscale="log",
+            yscale="log",
+            draw=label_lrs,
         )
-        ax.legend(fontsize=8)
-        fig.suptitle(
-            f"sparse recovery n={self.settings['n']}, d={self.settings['d']}, "
-            f"s={self.settings['sparsity']}; depth {self.settings['depth']}, "
-            f"α={self.settings['scale']:g}, ρ={self.settings['ratio']:g}",
-            fontsize=10,
-        )
-        fig.tight_layout()
-        return fig
 
 
 def _models(s):
+    """name → (model, rates, projection): the plain net, and the polar net with
+    its rate ratio and (for the projected variant) its normalising projection."""
     plain = models.DiagonalNet(s["d"], depth=s["depth"], scale=s["scale"])
     polar = models.PolarDiagonalNet(s["d"], depth=s["depth"], scale=s["scale"])
     return {
@@ -261,81 +286,70 @@ def _models(s):
 
 
 def _row(model_name, clock, traj, truth, steps, gap=None):
-    beta = traj.final.end_to_end()
     return dict(
         model=model_name,
         clock=clock,
         final_loss=float(traj.final_loss),
-        recovery_error=float(jnp.linalg.norm(beta - truth)),
+        recovery_error=float(_recovery_error(traj, truth)),
         gap=gap,
         steps=int(steps),
         status=dynamics.RESULTS[traj.result] or "ok",
     )
 
 
-def run(settings: dict, *, seed: int, progress: bool = True) -> StepVsFlowResult:
+def _against_flow(s, problem, name, net, steps, bar):
+    """One net's exact flow on the save grid, then GD at each rate of the ladder
+    compared with it save by save.
+
+    **Returns:** the net's rows and curves (`NAME/gaps`: the gaps at T).
+    """
+    model, rates, projection = net
+    bar.set_postfix_str(f"{name} GF")
+    ts = jnp.linspace(0.0, s["t1"], s["saves"] + 1)
+    flow = _flow(
+        problem.loss, model, s, t1=s["t1"], ts=ts, max_steps=1_000_000, rates=rates
+    )
+    bar.update()
+    rows = [_row(name, "GF", flow, problem.truth, flow.stats["num_steps"])]
+    curves = {f"{name}/gf/ts": flow.ts, f"{name}/gf/loss": flow.loss}
+    gaps = []
+    for lr in s["lrs"]:
+        bar.set_postfix_str(f"{name} GD lr={lr:g}")
+        gd = dynamics.gradient_descent(
+            problem.loss,
+            model,
+            lr=lr,
+            steps=steps[lr],
+            save_every=steps[lr] // s["saves"],
+            rates=rates,
+            projection=projection,
+        )
+        gaps.append(float(_distance(gd.final, flow.final)))
+        rows.append(_row(name, f"GD lr={lr:g}", gd, problem.truth, steps[lr], gaps[-1]))
+        key = f"{name}/gd/{lr:g}"
+        curves[f"{key}/gap"] = _distance(gd.models, flow.models, batch_dims=1)
+        curves[f"{key}/ts"], curves[f"{key}/loss"] = gd.ts, gd.loss
+        bar.update()
+    curves[f"{name}/gaps"] = np.asarray(gaps)
+    return rows, curves
+
+
+def run(settings, *, seed: int, progress: bool = True) -> StepVsFlowResult:
     """Run step-vs-flow with resolved `settings` (see `SETTINGS`)."""
     s = settings
     if s["sparsity"] > s["d"]:
         raise SettingError(f"setting `sparsity` must be ≤ d = {s['d']}")
-    t1 = s["t1"]
-    steps_per_lr = [_steps(t1, lr, s["saves"]) for lr in s["lrs"]]
-    problem = problems.sparse_recovery(
-        jax.random.key(seed), n=s["n"], d=s["d"], sparsity=s["sparsity"]
-    )
-    ts = jnp.linspace(0.0, t1, s["saves"] + 1)
+    steps = ladder_steps(s["t1"], s["lrs"], s["saves"])
+    problem = _problem(s, jax.random.key(seed))
     rows, fits, curves = [], {}, {}
-    jobs = [(name, lr) for name in ("plain", "polar") for lr in (None, *s["lrs"])]
-    bar = tqdm(jobs, desc=NAME, disable=not progress, leave=False)
-    flows = {}
-    gaps = {"plain": [], "polar": []}
-    for name, lr in bar:
-        model, rates, projection = _models(s)[name]
-        if lr is None:
-            bar.set_postfix_str(f"{name} GF")
-            traj = dynamics.gradient_flow(
-                problem.loss,
-                model,
-                t1=t1,
-                ts=ts,
-                solver=diffrax.Dopri8(),
-                rtol=s["rtol"],
-                atol=s["atol"],
-                max_steps=1_000_000,
-                rates=rates,
-            )
-            flows[name] = traj
-            rows.append(_row(name, "GF", traj, problem.truth, traj.stats["num_steps"]))
-            curves[f"{name}/gf/ts"], curves[f"{name}/gf/loss"] = traj.ts, traj.loss
-            continue
-        bar.set_postfix_str(f"{name} GD lr={lr:g}")
-        steps = steps_per_lr[s["lrs"].index(lr)]
-        traj = dynamics.gradient_descent(
-            problem.loss,
-            model,
-            lr=lr,
-            steps=steps,
-            save_every=steps // s["saves"],
-            rates=rates,
-            projection=projection,
-        )
-        gap = float(_distance(traj.final, flows[name].final))
-        gaps[name].append(gap)
-        curves[f"{name}/gd/{lr:g}/gap"] = _distance(
-            traj.models, flows[name].models, batch_dims=1
-        )
-        rows.append(_row(name, f"GD lr={lr:g}", traj, problem.truth, steps, gap))
-        curves[f"{name}/gd/{lr:g}/ts"] = traj.ts
-        curves[f"{name}/gd/{lr:g}/loss"] = traj.loss
-    bar.close()
-    for name in gaps:
-        curves[f"{name}/gaps"] = np.asarray(gaps[name])
-        if len(gaps[name]) >= 2 and all(g > 0 and np.isfinite(g) for g in gaps[name]):
-            fits[name] = analysis.loglog_slope(s["lrs"], gaps[name])
-        else:
-            fits[name] = dict(
-                slope=float("nan"), intercept=float("nan"), stderr=float("nan")
-            )
+    nets = _models(s)
+    total = len(nets) * (len(s["lrs"]) + 1)
+    with tqdm(total=total, desc=NAME, disable=not progress, leave=False) as bar:
+        for name, net in nets.items():
+            net_rows, net_curves = _against_flow(s, problem, name, net, steps, bar)
+            rows += net_rows
+            curves.update(net_curves)
+            fits[name] = fit_against_lr(s["lrs"], net_curves[f"{name}/gaps"])
     curves["lrs"] = np.asarray(s["lrs"])
     curves["truth"] = problem.truth
-    return StepVsFlowResult(settings=dict(s), rows=rows, fits=fits, curves=curves)
+    return StepVsFlowResult(settings=s, rows=rows, fits=fits, curves=curves)

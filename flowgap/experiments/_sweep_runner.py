@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import pathlib
+from collections.abc import Mapping
 from importlib.metadata import version
 
 import jax
@@ -12,8 +13,10 @@ import numpy as np
 
 from ..sweeps import SweepInterrupted, SweepResult, default_batch_size, sweep
 from . import _registry
-from ._output import make_folder, run_folder, save_figure, write_json
+from ._figure import Panel, render_figure
+from ._output import save_figure, write_json, write_netcdf
 from ._settings import SettingError, resolve
+from ._table import Column, render_table
 
 CHUNKS = "chunks"
 
@@ -53,61 +56,62 @@ class SweepRun:
         rows, cols, mean, failed = self.summary()
         names = list(self.result.axes)
         corner = f"{names[0]} \\ {names[1]}" if cols[0] is not None else names[0]
-        head = f"{corner:>16} " + " ".join(
-            f"{'' if c is None else format(c, '.3g'):>12}" for c in cols
+        lines = [
+            {"axis": r, **{f"column {j}": m for j, m in enumerate(mean[i])}}
+            for i, r in enumerate(rows)
+        ]
+        columns = [Column("axis", corner, ".3g")] + [
+            Column(
+                f"column {j}",
+                "" if c is None else format(c, ".3g"),
+                ".3e",
+                missing="failed",
+            )
+            for j, c in enumerate(cols)
+        ]
+        total, size = int(np.sum(failed)), int(np.prod(self.result.shape))
+        return render_table(
+            lines,
+            columns,
+            title=f"mean {self.metric} over successful runs",
+            notes=[f"{size - total} of {size} runs succeeded; {total} flagged"],
         )
-        lines = [f"mean {self.metric} over successful runs", head, "-" * len(head)]
-        for i, r in enumerate(rows):
-            cells = [
-                f"{'failed' if np.isnan(m) else format(m, '.3e'):>12}" for m in mean[i]
-            ]
-            lines.append(f"{r:>16.3g} " + " ".join(cells))
-        total = int(np.sum(failed))
-        size = int(np.prod(self.result.shape))
-        lines.append(f"\n{size - total} of {size} runs succeeded; {total} flagged")
-        return "\n".join(lines)
 
     def figure(self):
         """Heat map of the mean metric over the first two axes (a curve for one
         axis); cells with failed runs are marked with their count."""
-        import matplotlib
+        seeds = len(self.result.axes["seed"])
+        panel = Panel(
+            title=f"{self.experiment}: {self.metric}, mean over {seeds} seed(s); "
+            "×k = k failed runs",
+            draw=self._draw,
+        )
+        return render_figure([panel], {}, panel_size=(7.0, 5.0))
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import LogNorm
-
+    def _draw(self, ax, data) -> None:
         rows, cols, mean, failed = self.summary()
         names = list(self.result.axes)
-        fig, ax = plt.subplots(figsize=(7, 5))
         finite = mean[np.isfinite(mean)]
+        positive = finite.size and np.all(finite > 0)
         if cols[0] is None:
             ax.plot(rows, mean[:, 0], "o-")
             ax.set(xlabel=names[0], ylabel=self.metric)
             if _log_spaced(rows):
                 ax.set_xscale("log")
-            if finite.size and np.all(finite > 0):
+            if positive:
                 ax.set_yscale("log")
-        else:
-            norm = (
-                LogNorm(finite.min(), finite.max())
-                if finite.size and np.all(finite > 0) and finite.max() > finite.min()
-                else None
-            )
-            image = ax.imshow(mean, origin="lower", aspect="auto", norm=norm)
-            fig.colorbar(image, ax=ax, label=f"mean {self.metric}")
-            ax.set_xticks(range(len(cols)), [f"{c:.3g}" for c in cols], rotation=45)
-            ax.set_yticks(range(len(rows)), [f"{r:.3g}" for r in rows])
-            ax.set(xlabel=names[1], ylabel=names[0])
-            for i, j in zip(*np.nonzero(failed)):
-                ax.text(j, i, f"×{failed[i, j]}", ha="center", va="center", color="r")
-        seeds = len(self.result.axes["seed"])
-        ax.set_title(
-            f"{self.experiment}: {self.metric}, mean over {seeds} seed(s); "
-            "×k = k failed runs",
-            fontsize=10,
-        )
-        fig.tight_layout()
-        return fig
+            return
+        from matplotlib.colors import LogNorm
+
+        spread = positive and finite.max() > finite.min()
+        norm = LogNorm(finite.min(), finite.max()) if spread else None
+        image = ax.imshow(mean, origin="lower", aspect="auto", norm=norm)
+        ax.figure.colorbar(image, ax=ax, label=f"mean {self.metric}")
+        ax.set_xticks(range(len(cols)), [f"{c:.3g}" for c in cols], rotation=45)
+        ax.set_yticks(range(len(rows)), [f"{r:.3g}" for r in rows])
+        ax.set(xlabel=names[1], ylabel=names[0])
+        for i, j in zip(*np.nonzero(failed)):
+            ax.text(j, i, f"×{failed[i, j]}", ha="center", va="center", color="r")
 
 
 def _log_spaced(values) -> bool:
@@ -128,7 +132,7 @@ def _sweepable(name):
     return experiment
 
 
-def _check_grid(experiment, grid: dict, settings: dict) -> dict:
+def _check_grid(experiment, grid: dict, settings: Mapping) -> dict:
     if not grid:
         raise SettingError(
             f"give at least one --grid axis; sweepable for {experiment.name}: "
@@ -180,7 +184,7 @@ def run_sweep(
 
     The folder holds `settings.json` (everything needed to resume), `chunks/`
     (one atomic npz per finished chunk), and at the end `sweep.npz` (labelled,
-    `flowgap.sweeps.load_sweep`), `sweep.nc` (netCDF, when xarray is installed),
+    `flowgap.sweeps.load_sweep`), `sweep.nc` (netCDF),
     `summary.json` and `figure.png`. Interrupted, it leaves `partial.npz`
     (unfinished runs NaN) and `status.json`; `resume_sweep(folder)` continues.
     """
@@ -195,13 +199,13 @@ def run_sweep(
         raise SettingError(
             f"`--chunk-size` must be a positive integer, got {chunk_size!r}"
         )
-    _registry.set_precision(dtype)
-    chosen = {**(experiment.quick if quick else {}), **(overrides or {})}
-    settings = resolve(experiment.settings, chosen)
+    settings = _registry.settings_for(
+        experiment, quick=quick, dtype=dtype, overrides=overrides
+    )
     axes = _check_grid(experiment, grid, settings)
+    folder = _registry.output_folder(f"sweep-{name}", out, force)
     devices = len(jax.devices())
     per_chunk = math.ceil(chunk_size / devices) * devices
-    folder = make_folder(run_folder(f"sweep-{name}", out, force))
     record = dict(
         kind="sweep",
         experiment=name,
@@ -272,7 +276,7 @@ def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
         raise
     run = SweepRun(experiment.name, experiment.sweep.metric, result, folder)
     result.save(folder / "sweep.npz")
-    _maybe_netcdf(result, folder / "sweep.nc")
+    write_netcdf(folder / "sweep.nc", result.to_xarray())
     rows, cols, mean, failed = run.summary()
     write_json(
         folder / "summary.json",
@@ -285,21 +289,7 @@ def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
             failed=failed.astype(int).tolist(),
         ),
     )
-    figure = run.figure()
-    save_figure(folder / "figure.png", figure)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    save_figure(folder / "figure.png", run.figure())
     (folder / "partial.npz").unlink(missing_ok=True)
     write_json(folder / "status.json", dict(state="complete"))
     return run
-
-
-def _maybe_netcdf(result: SweepResult, path: pathlib.Path) -> None:
-    try:
-        dataset = result.to_xarray()
-    except ImportError:  # xarray is the optional `sweeps` extra
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    dataset.to_netcdf(tmp)
-    tmp.replace(path)

@@ -127,9 +127,23 @@ def count_conservation_laws(
     def phi_flat(t):
         return ravel_pytree(phi(rebuild(t)))[0]
 
+    levels = _lie_levels(phi_flat, theta, combo_key, max_levels, rtol)
+    lie_rank = levels[-1]
+    known_rank = complete = None
+    if known:
+        known_rank = _known_rank(known, rebuild, theta, rtol)
+        complete = known_rank == dim - lie_rank
+    return LawCount(dim, lie_rank, dim - lie_rank, tuple(levels), known_rank, complete)
+
+
+def _lie_levels(phi_flat, theta, key, max_levels: int, rtol: float) -> list[int]:
+    """Rank at θ of the values of all brackets up to each level (level k: D + 8
+    random brackets of k + 1 generators), until the rank stops growing or
+    reaches D."""
+    dim = int(theta.shape[0])
     outputs = int(jax.eval_shape(phi_flat, theta).shape[0])
     values, levels = [], []
-    for level, k in enumerate(jax.random.split(combo_key, max_levels + 1)):
+    for level, k in enumerate(jax.random.split(key, max_levels + 1)):
         samples = dim + 8
         coefficients = jax.random.normal(k, (samples, level + 1, outputs), theta.dtype)
         evaluate = jax.jit(jax.vmap(lambda c: _right_normed(phi_flat, c)(theta)))
@@ -137,15 +151,15 @@ def count_conservation_laws(
         levels.append(_rank(np.concatenate(values), rtol))
         if levels[-1] == dim or (len(levels) > 1 and levels[-1] == levels[-2]):
             break
-    lie_rank = levels[-1]
-    known_rank = complete = None
-    if known:
-        jac = np.concatenate(
-            [
-                np.asarray(jax.jacrev(lambda t, q=q: as_vector(q, rebuild(t)))(theta))
-                for q in known.values()
-            ]
-        )
-        known_rank = _rank(jac, rtol)
-        complete = known_rank == dim - lie_rank
-    return LawCount(dim, lie_rank, dim - lie_rank, tuple(levels), known_rank, complete)
+    return levels
+
+
+def _known_rank(known: dict, rebuild, theta, rtol: float) -> int:
+    """Rank at θ of the stacked Jacobians of the known invariants."""
+    jac = np.concatenate(
+        [
+            np.asarray(jax.jacrev(lambda t, q=q: as_vector(q, rebuild(t)))(theta))
+            for q in known.values()
+        ]
+    )
+    return _rank(jac, rtol)

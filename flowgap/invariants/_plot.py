@@ -28,9 +28,9 @@ def plot_drift(ax, gd: dict, flow=None, *, label: str = "Q", title: str | None =
 
     **Returns:** `ax`.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps  # not pyplot: the caller owns the figure
 
-    colours = plt.cm.viridis(np.linspace(0.1, 0.85, max(len(gd), 1)))
+    colours = colormaps["viridis"](np.linspace(0.1, 0.85, max(len(gd), 1)))
     for (lr, (ts, measured, predicted)), colour in zip(sorted(gd.items()), colours):
         ax.semilogy(
             ts[1:], np.maximum(measured[1:], 1e-18), color=colour, label=f"GD η={lr:g}"

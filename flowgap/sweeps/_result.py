@@ -15,7 +15,7 @@ class SweepResult:
     - `values`: the pytree `fn` returned, each leaf with leading axes of the grid's
       shape (one per axis, in order).
 
-    `to_xarray()` gives an `xarray.Dataset` (needs the optional xarray package);
+    `to_xarray()` gives an `xarray.Dataset`;
     `save(path)` writes an npz file, loadable with `load_sweep` (no pickle).
     """
 

@@ -96,24 +96,22 @@ def sweep(
     program per chunk of runs.
 
     `fn` builds and trains one run from traced scalars (e.g. `scale`, `lr`,
-    `seed`) and returns a pytree of arrays. It is traced and compiled once for a
-    fixed chunk size (the last chunk is padded and the padding dropped), so every
-    chunk reuses the same program.
+    `seed`) and returns a pytree of arrays. It is compiled once for a fixed chunk
+    size (the last chunk padded, the padding dropped): every chunk reuses it.
 
     - `chunk_size`, or `max_memory` (bytes, extrapolated linearly from the
       compiled memory analysis of a probe chunk): how many runs go in one chunk
       (default: all). Each chunk is one call of the program, and the unit of
       checkpointing and of Ctrl-C.
     - `batch_size`: how many runs of a device's share of the chunk are solved
-      together, vmapped, in lock-step. `"all"`: the whole share in one
-      `vmap(fn)`. An int $b$: the share in sequential groups of at most $b$ runs
-      (`lax.map` over vmapped groups; the fewest groups, as equal as possible;
-      $b = 1$ runs each point as the solo program). None (default):
-      `default_batch_size()`: 1 on CPU, `"all"` on GPU/TPU. Lock-step makes
-      every adaptive solve in a group take the slowest run's steps, and on a CPU
-      vmapped solves cost more per run than solo ones: a 256-run
-      `gradient_flow` sweep (40 x 200) costs 3-4x a solo run per run as one
-      vmap on a 2-core CPU, and 0.9x with $b = 1$.
+      together, vmapped, in lock-step: `"all"`, the whole share in one
+      `vmap(fn)`; an int $b$, sequential groups of at most $b$ runs (`lax.map`
+      over vmapped groups, the fewest, as equal as possible; $b = 1$ runs each
+      point as the solo program); None (default), `default_batch_size()`: 1 on
+      CPU, `"all"` on GPU/TPU. Lock-step makes every adaptive solve in a group
+      take the slowest run's steps, and on a CPU vmapped solves cost more per
+      run than solo ones: a 256-run `gradient_flow` sweep (40 x 200) costs
+      3-4x a solo run per run as one vmap on a 2-core CPU, 0.9x with $b = 1$.
     - With more than one device the chunk's run axis is sharded over all of them
       (`shard_map` on a 1-D mesh of `jax.devices()`; each device batches its own
       share as above), and the chunk size is rounded up to a multiple of the
@@ -124,9 +122,8 @@ def sweep(
       (by process 0), and chunks already there are loaded instead of recomputed,
       so an interrupted sweep resumes with bit-identical results (given the same
       chunk size, `batch_size` and device count, hence the same program).
-    - A run that fails (a diverged trajectory, a NaN) only affects its own outputs;
-      return e.g. `flowgap.dynamics.status_code(traj.result)` as a status leaf
-      to flag it.
+    - A failed run (a diverged trajectory, a NaN) only affects its own outputs;
+      flag it by returning e.g. `flowgap.dynamics.status_code(traj.result)`.
     - Ctrl-C / SIGINT (and SIGTERM where the caller maps it to KeyboardInterrupt,
       as the CLI does) raises `SweepInterrupted`, which carries the partial result.
 
@@ -139,54 +136,94 @@ def sweep(
 
     **Returns:** a `SweepResult` whose leaves have the grid's shape in front.
     """
-    if not callable(fn):
-        raise TypeError("`fn` must be a callable taking the grid's axes as keywords.")
-    axes = check_grid(grid)
-    points = flat_points(axes)
-    batch_size = check_batch_size(batch_size)
-    total = len(next(iter(points.values())))
+    axes, points, batch_size = _check_arguments(fn, grid, batch_size)
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("runs",)) if len(devices) > 1 else None
     batched = program(fn, batch_size, mesh)
+    size = _runs_per_chunk(batched, points, chunk_size, max_memory, len(devices))
+    return _run_chunks(batched, mesh, axes, points, size, checkpoint, progress)
+
+
+def _check_arguments(fn, grid, batch_size):
+    """(axes, flattened grid points, resolved `batch_size`), or the error naming
+    the bad argument."""
+    if not callable(fn):
+        raise TypeError("`fn` must be a callable taking the grid's axes as keywords.")
+    axes = check_grid(grid)
+    return axes, flat_points(axes), check_batch_size(batch_size)
+
+
+def _runs_per_chunk(batched, points, chunk_size, max_memory, devices: int) -> int:
+    """`chunk_size` (or the size `max_memory` allows) rounded up to a multiple of
+    the device count, so every device gets an equal share of each chunk."""
     if chunk_size is None:
-        size = _chunk_size(batched, points, max_memory, len(devices))
+        size = _chunk_size(batched, points, max_memory, devices)
     else:
         size = positive_int("chunk_size", chunk_size)
-    size = math.ceil(size / len(devices)) * len(devices)
+    return math.ceil(size / devices) * devices
+
+
+def _run_chunks(batched, mesh, axes, points, size, checkpoint, progress):
+    """Every chunk computed (or loaded from `checkpoint`) in turn and assembled;
+    Ctrl-C raises `SweepInterrupted` carrying the chunks finished so far."""
+    total = len(next(iter(points.values())))
+    chunks = _padded_chunks(points, size)
+    put, get = _placement(mesh)
+    folder, writer = _checkpoint_folder(checkpoint)
+    shapes = jax.eval_shape(batched, chunks[0])
+    treedef = jax.tree.structure(shapes)
+    outputs = []
+    try:
+        for index in tqdm(
+            range(len(chunks)), desc="sweep", unit="chunk", disable=not progress
+        ):
+            path = None if folder is None else _chunk_file(folder, index)
+            outputs.append(
+                _chunk_leaves(batched, chunks[index], path, put, get, writer)
+            )
+    except KeyboardInterrupt:
+        partial = _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
+        raise SweepInterrupted(len(outputs), len(chunks), folder, partial) from None
+    return _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
+
+
+def _padded_chunks(points, size: int) -> list[dict]:
+    """The grid points cut into chunks of `size` runs; the last is padded by
+    repeating the last point, so every chunk has the shape the program was
+    compiled for."""
+    total = len(next(iter(points.values())))
     count = math.ceil(total / size)
     padded = {
         k: np.concatenate([v, np.repeat(v[-1:], count * size - total)])
         for k, v in points.items()
     }
-    put, get = _placement(mesh)
+    return [
+        {k: v[index * size : (index + 1) * size] for k, v in padded.items()}
+        for index in range(count)
+    ]
+
+
+def _checkpoint_folder(checkpoint) -> tuple[pathlib.Path | None, bool]:
+    """(folder, whether this process writes there); only process 0 writes, so
+    several hosts never race on one file."""
     folder = None if checkpoint is None else pathlib.Path(checkpoint)
     writer = folder is not None and jax.process_index() == 0
     if writer:
         folder.mkdir(parents=True, exist_ok=True)
-    shapes = jax.eval_shape(batched, {k: v[:size] for k, v in padded.items()})
-    treedef = jax.tree.structure(shapes)
-    outputs = []
-    try:
-        for index in tqdm(
-            range(count), desc="sweep", unit="chunk", disable=not progress
-        ):
-            path = None if folder is None else _chunk_file(folder, index)
-            if path is not None and path.exists():
-                with np.load(path, allow_pickle=False) as data:
-                    leaves = [data[f"leaf{j}"] for j in range(len(data.files))]
-            else:
-                args = {
-                    k: put(v[index * size : (index + 1) * size])
-                    for k, v in padded.items()
-                }
-                leaves = [get(x) for x in jax.tree.leaves(batched(args))]
-                if writer:
-                    write_npz(path, {f"leaf{j}": x for j, x in enumerate(leaves)})
-            outputs.append(leaves)
-    except KeyboardInterrupt:
-        partial = _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
-        raise SweepInterrupted(len(outputs), count, folder, partial) from None
-    return _assemble(axes, treedef, jax.tree.leaves(shapes), outputs, total)
+    return folder, writer
+
+
+def _chunk_leaves(batched, args, path, put, get, writer: bool) -> list[np.ndarray]:
+    """One chunk's output leaves: read from its checkpoint file when one exists,
+    else computed on the devices (and written there by the writing process)."""
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            return [data[f"leaf{j}"] for j in range(len(data.files))]
+    outputs = batched({k: put(v) for k, v in args.items()})
+    leaves = [get(x) for x in jax.tree.leaves(outputs)]
+    if writer:
+        write_npz(path, {f"leaf{j}": x for j, x in enumerate(leaves)})
+    return leaves
 
 
 def _missing(shape) -> np.ndarray:

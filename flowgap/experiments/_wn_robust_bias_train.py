@@ -1,0 +1,261 @@
+r"""wn-robust-bias's runs: the models, one training run, the (α, ρ) grid of runs,
+and the theory each flow limit is checked against (docs: theory/implicit-bias)."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import analysis, dynamics, models, sweeps
+from ._settings import SettingError
+
+FAMILIES = ("plain", "polar", "polar-split")
+METHODS = {"plain": ("gf", "gd"), "polar": ("gf", "rpgd", "sk")}
+METHODS["polar-split"] = METHODS["polar"]
+METHOD_NAMES = dict(gf="GF", gd="GD", rpgd="rPGD", sk="Salimans–Kingma GD")
+
+
+def check_settings(s) -> tuple[list[int], tuple[str, ...]]:
+    """The depths (ints) and families of the settings, checked."""
+    if s["sparsity"] > s["d"]:
+        raise SettingError(f"setting `sparsity` must be ≤ d = {s['d']}")
+    if s["n"] >= s["d"]:
+        raise SettingError("setting `n` must be < d (an underdetermined problem)")
+    depths = []
+    for depth in s["depths"]:
+        if depth != int(depth) or depth < 2:
+            raise SettingError(f"setting `depths`: integers ≥ 2, got {depth:g}")
+        depths.append(int(depth))
+    if s["ratio"] not in s["ratios"]:
+        raise SettingError(f"setting `ratio` ({s['ratio']:g}) must be in `ratios`")
+    families = tuple(f.strip() for f in s["families"].split(","))
+    if not families or any(f not in FAMILIES for f in families):
+        raise SettingError(
+            f"setting `families`: a subset of {', '.join(FAMILIES)}, got "
+            f"{s['families']!r}"
+        )
+    if "plain" not in families:
+        raise SettingError("setting `families` must include plain (the baseline)")
+    return depths, families
+
+
+def learning_rate(problem, depth: int, scale, step):
+    r"""The GD step used at init scale α: `step` times the plain net's stability
+    bound 2/λ_max at the scale it trains at, in closed form (traceable in α).
+
+    At u = v = m·1 the Gauss–Newton Hessian of the depth-L net is
+    L²m^{2L−2}[X, −X]ᵀ[X, −X]/n, whose top eigenvalue is 2L²m^{2L−2}λ_max(XᵀX/n),
+    so the step is step/(L²m^{2L−2}λ_max(XᵀX/n)).
+    m = max(α, ‖β₂‖_∞^{1/L}) with β₂ = X⁺y the minimum-ℓ₂ interpolator (the
+    weights' scale at the solution when α is small; no use of β*). The polar
+    variants take the same η on the radius and ρη on the direction: the step one
+    would use for the plain net.
+
+    Relation to `flowgap.dynamics.stable_learning_rate` (Lanczos on the full
+    Hessian): the Gauss–Newton Hessian does not depend on y and is the full
+    Hessian wherever the residual vanishes, so this equals
+    `stable_learning_rate(loss₀, DiagonalNet(d, depth=L, scale=m), fraction=step)`
+    with loss₀ the loss of targets Xβ(m·1) = 0 (tested). The closed form keeps
+    the step a cheap traced function of α inside the vmapped GD sweeps.
+    """
+    x, y = problem.inputs, problem.targets
+    gram = x @ x.T / problem.n
+    top = jnp.linalg.eigvalsh(gram)[-1]
+    ridge = x.T @ jnp.linalg.solve(x @ x.T, y)
+    m = jnp.maximum(scale, jnp.max(jnp.abs(ridge)) ** (1 / depth))
+    return step / (depth**2 * m ** (2 * depth - 2) * top)
+
+
+def make_model(family: str, dim: int, depth: int, scale):
+    if family == "plain":
+        return models.DiagonalNet(dim, depth=depth, scale=scale)
+    return models.PolarDiagonalNet(
+        dim, depth=depth, scale=scale, split=family == "polar-split"
+    )
+
+
+def _radii(model, family: str):
+    """Final radius and stored-direction norm per block, shape (2,) (repeated for
+    the stacked net; NaN for the plain net)."""
+    if family == "plain":
+        nan = jnp.full((2,), jnp.nan, model.u.dtype)
+        return nan, nan
+    norm = jnp.linalg.norm(model.direction, axis=-1)
+    return jnp.broadcast_to(model.radius, (2,)), jnp.broadcast_to(norm, (2,))
+
+
+def _outputs(traj, problem, model0, scale, ratio, implicit, family):
+    """The scalars and vectors one run reports (see `train`)."""
+    final = traj.final
+    radius, direction_norm = _radii(final, family)
+    r0, _ = _radii(model0, family)
+    beta = final.end_to_end()
+    return dict(
+        beta=beta,
+        recovery_error=jnp.linalg.norm(beta - problem.truth),
+        final_loss=traj.final_loss,
+        time=traj.stop_time,
+        steps=traj.stats["num_steps"],
+        status=dynamics.status_code(traj.result),
+        successful=traj.successful,
+        converged=traj.result == dynamics.RESULTS.event_occurred,
+        implicit=jnp.asarray(implicit),
+        radius=radius,
+        direction_norm=direction_norm,
+        alpha_eff=analysis.effective_scale(scale, r0, radius, ratio),
+    )
+
+
+def _flow_options(rates, s) -> dict:
+    return dict(
+        t1=s["t1"],
+        solver=diffrax.Tsit5(),
+        rtol=s["rtol"],
+        atol=s["atol"],
+        max_steps=s["max_steps"],
+        rates=rates,
+        stop_when=dynamics.LossBelow(s["tol"]),
+    )
+
+
+def train(problem, scale, ratio, *, family, method, depth, settings):
+    r"""One run: `family` ("plain", "polar", "polar-split") of `depth` from
+    u = v = α·1, trained by `method` to L < `tol`.
+
+    - "gf": `gradient_flow_with_fallback` with `rates=model.rates(ρ)`: Tsit5
+      (`max_steps`), re-solved by Kvaerno5 (`implicit_steps`) where Tsit5 fails
+      (stiff: max_steps reached). Under `vmap` the implicit solve runs only if
+      some run of the batch needs it;
+    - "gd": plain GD; "rpgd": GD then renormalised direction; "sk": plain GD on
+      (r, θ) (Salimans–Kingma), all at η = `learning_rate(...)` (direction ρη).
+
+    `scale` α and `ratio` ρ may be traced (ρ is unused by the plain net).
+
+    **Returns:** a dict: `beta` β_∞, `recovery_error` ‖β_∞ − β*‖, `final_loss`,
+    `time` (flow time, or k·η, at the stop), `steps` (solver / GD steps),
+    `status` (`flowgap.RESULTS` code), `successful` (the run ended normally),
+    `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`), `implicit`
+    (the Kvaerno5 solve was kept), `radius` and `direction_norm` (per block; NaN
+    for the plain net) and `alpha_eff` (docs: theory/implicit-bias, from the
+    final radius).
+    """
+    s = settings
+    model = make_model(family, s["d"], depth, scale)
+    rates = None if family == "plain" else model.rates(ratio)
+    implicit = False
+    if method == "gf":
+        traj = dynamics.gradient_flow_with_fallback(
+            problem.loss,
+            model,
+            fallback_solver=diffrax.Kvaerno5(),
+            fallback_max_steps=s["implicit_steps"],
+            **_flow_options(rates, s),
+        )
+        implicit = traj.stats["fallback"]
+    else:
+        traj = dynamics.gradient_descent(
+            problem.loss,
+            model,
+            lr=learning_rate(problem, depth, scale, s["step"]),
+            steps=s["steps"],
+            save_every=s["steps"],
+            rates=rates,
+            projection=models.PolarDiagonalNet.normalised if method == "rpgd" else None,
+            stop_when=dynamics.LossBelow(s["tol"]),
+        )
+    return _outputs(traj, problem, model, scale, ratio, implicit, family)
+
+
+def grid_run(problem, family, method, depth, s) -> dict:
+    """`train` over the (α, ρ) grid (α only for the plain net) as one program
+    (`flowgap.sweep`), as NumPy arrays of shape (scales, ratios) (one ratio
+    column for the plain net)."""
+    grid = dict(scale=np.asarray(s["scales"]))
+    if family != "plain":
+        grid["ratio"] = np.asarray(s["ratios"])
+    options = dict(family=family, method=method, depth=depth, settings=s)
+
+    def fn(scale, ratio=1.0):
+        return train(problem, scale, ratio, **options)
+
+    values = sweeps.sweep(fn, grid, progress=False).values
+    values = {k: np.array(v) for k, v in values.items()}
+    if family == "plain":  # a ratio axis of length 1, like the polar nets'
+        values = {k: v[:, None] for k, v in values.items()}
+    return values
+
+
+def _plain_from(problem, depth, scale, s):
+    """Gradient-flow limit β of the plain net from u = v = α·1, explicit solver
+    only (NaN unless it converged)."""
+    model = models.DiagonalNet(s["d"], depth=depth, scale=scale)
+    traj = dynamics.gradient_flow(problem.loss, model, **_flow_options(None, s))
+    converged = traj.result == dynamics.RESULTS.event_occurred
+    return jnp.where(converged, traj.final.end_to_end(), jnp.nan)
+
+
+def _effective_prediction(problem, depth, values, s):
+    """Plain flow limit from the measured α_eff of the stacked polar net, over the
+    grid (for depth ≥ 3, which has no closed form, and where the depth-2 dual
+    solve fails)."""
+    alpha = values["alpha_eff"][..., 0]
+    # α_eff can be absurdly small (exp(−ρr²/2)). From there the plain depth-L flow
+    # plateaus for ~1/α^{L−2} (depth ≥ 3) and does not finish, and at depth 2 the
+    # weights sit below the solver's atol: no prediction there.
+    usable = np.isfinite(alpha) & (alpha > (1e-8 if depth == 2 else 1e-6))
+    safe = np.where(usable, alpha, 1.0).ravel()
+    beta = jax.jit(jax.vmap(lambda a: _plain_from(problem, depth, a, s)))(
+        jnp.asarray(safe)
+    )
+    beta = np.asarray(beta).reshape(alpha.shape + (-1,))
+    return np.where(usable[..., None], beta, np.nan)
+
+
+def _woodworth(problem, scales):
+    """Woodworth's Q_α minimiser at each α (NaN where the dual solve fails, e.g.
+    α so small that 2α² underflows the dual's scale)."""
+    solve = jax.jit(
+        lambda a: analysis.woodworth_limit(problem.inputs, problem.targets, a)
+    )
+    out = []
+    for a in np.ravel(scales):
+        try:
+            if not (np.isfinite(a) and 1e-30 < a):
+                raise ValueError("scale out of the dual solver's range")
+            out.append(np.asarray(solve(jnp.asarray(a))))
+        except Exception:  # noqa: BLE001 — a failed dual solve is reported as NaN
+            out.append(np.full(problem.truth.shape, np.nan))
+    return np.asarray(out).reshape(np.shape(scales) + problem.truth.shape)
+
+
+def _relative(a, b):
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def theory(problem, family, depth, method, values, s) -> dict:
+    """The theory's β for each grid point, its recovery error, and the relative
+    gap ‖β_run − β_theory‖/‖β_theory‖ (NaN where there is none)."""
+    shape = values["recovery_error"].shape
+    nan = np.full(shape, np.nan)
+    if method != "gf":
+        return dict(error=nan, gap=nan)
+    truth = np.asarray(problem.truth)
+    beta = np.asarray(values["beta"])
+    if family == "plain":
+        if depth != 2:
+            return dict(error=nan, gap=nan)
+        limit = _woodworth(problem, np.asarray(s["scales"]))[:, None]
+    elif family == "polar-split":
+        # No α_eff law here: the u and v mirrors integrate the residual weighted
+        # by r_u² and r_v², which differ, so the limit is no plain-net limit.
+        return dict(error=nan, gap=nan)
+    else:
+        limit = np.full(values["beta"].shape, np.nan)
+        if depth == 2:
+            limit = _woodworth(problem, np.asarray(values["alpha_eff"][..., 0]))
+        if np.any(np.isnan(limit)):  # depth ≥ 3, or where the dual solve failed
+            flow = _effective_prediction(problem, depth, values, s)
+            limit = np.where(np.isnan(limit), flow, limit)
+    ok = np.asarray(values["converged"])
+    error = np.where(ok, np.linalg.norm(limit - truth, axis=-1), np.nan)
+    return dict(error=error, gap=np.where(ok, _relative(beta, limit), np.nan))
