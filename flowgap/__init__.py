@@ -23,6 +23,9 @@ from .dynamics import (
     Trajectory as Trajectory,
 )
 from .dynamics import (
+    central_flow as central_flow,
+)
+from .dynamics import (
     gradient_descent as gradient_descent,
 )
 from .dynamics import (

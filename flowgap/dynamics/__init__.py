@@ -1,5 +1,11 @@
 """Trainers on one clock: jitted gradient descent and Diffrax gradient flow."""
 
+from ._central import (
+    CentralFlowField as CentralFlowField,
+)
+from ._central import (
+    central_flow as central_flow,
+)
 from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
 from ._fallback import gradient_flow_with_fallback as gradient_flow_with_fallback
@@ -24,6 +30,8 @@ from ._momentum import (
     momentum_flow as momentum_flow,
 )
 from ._objective import Objective as Objective
+from ._psd_qp import PSDQPSolution as PSDQPSolution
+from ._psd_qp import solve_psd_qp as solve_psd_qp
 from ._rates import uniform_rates as uniform_rates
 from ._results import (
     RESULTS as RESULTS,

@@ -41,6 +41,10 @@ class Trajectory(eqx.Module):
 
     - `interpolation`: for `gradient_flow(..., dense=True)`, Diffrax's dense
       interpolation of the parameters (see `at`); None otherwise.
+    - `aux`: per-save diagnostics of the flow that produced the run, each with a
+      leading axis of length S (empty for the trainers that report none). The
+      central flow fills `sharpness`, `eigs`, `sigma_trace`, `predicted_loss`
+      and `qp_residual` (see `central_flow`).
 
     Saves after the stop time are filled with `inf` (as in Diffrax), so a stopped
     or failed run is never mistaken for a finished one: check `result`.
@@ -59,6 +63,7 @@ class Trajectory(eqx.Module):
     result: RESULTS
     stats: dict
     interpolation: object = None
+    aux: dict = eqx.field(default_factory=dict)
 
     def __getitem__(self, i):
         # Only array leaves carry the time axis; functions, static fields and other
