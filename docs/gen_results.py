@@ -51,6 +51,7 @@ PROFILE = {
     "saddle-to-saddle": True,
     "saddle-skip": True,
     "sensitivity": True,
+    "central-flow": True,
 }
 
 

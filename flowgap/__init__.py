@@ -31,6 +31,9 @@ from .dynamics import (
 from .dynamics import (
     gradient_flow as gradient_flow,
 )
+from .dynamics import (
+    rmsprop_central_flow as rmsprop_central_flow,
+)
 from .sweeps import sweep as sweep
 
 __version__ = importlib.metadata.version("flowgap")

@@ -6,6 +6,12 @@ from ._central import (
 from ._central import (
     central_flow as central_flow,
 )
+from ._central_rmsprop import (
+    RMSPropCentralFlowField as RMSPropCentralFlowField,
+)
+from ._central_rmsprop import (
+    rmsprop_central_flow as rmsprop_central_flow,
+)
 from ._compare import compare as compare
 from ._descent import gradient_descent as gradient_descent
 from ._fallback import gradient_flow_with_fallback as gradient_flow_with_fallback
@@ -47,6 +53,15 @@ from ._results import (
 )
 from ._results import (
     status_name as status_name,
+)
+from ._rmsprop import (
+    RMSPropField as RMSPropField,
+)
+from ._rmsprop import (
+    rmsprop_flow as rmsprop_flow,
+)
+from ._rmsprop import (
+    rmsprop_optimizer as rmsprop_optimizer,
 )
 from ._saddle_skip import saddle_skip as saddle_skip
 from ._saves import log_save_steps as log_save_steps

@@ -64,33 +64,14 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import positive_int, positive_scalar
-from .._lanczos import lanczos
-from ._common import split_model
+from ._edge import check_k, run_central, third_derivatives, top_pairs
 from ._field import AbstractField
-from ._flat import FlatLayout
-from ._flow import _flat_rates, gradient_flow
 from ._objective import Objective
 from ._psd_qp import PSDQPSolution, smat, solve_psd_qp, svec
 from ._trajectory import Trajectory
-
-_MAX_K = 8
-# saves processed at once by `lax.map`, as the engine does for the losses
-_SAVE_BATCH = 32
-
-
-def _check_k(k) -> int:
-    k = positive_int("k", k)
-    if k > _MAX_K:
-        raise ValueError(
-            f"`k` must be an integer from 1 to {_MAX_K} (the eigenvalues held at "
-            f"the edge; the QP is over k×k matrices), got {k}."
-        )
-    return k
 
 
 class _Edge(NamedTuple):
@@ -101,6 +82,26 @@ class _Edge(NamedTuple):
     vectors: Float[Array, "D k"]  # U = P^½W
     ghat: Float[Array, "n D"]  # g_ab in svec order, off-diagonals × √2
     qp: PSDQPSolution
+
+
+def check_lanczos_steps(lanczos_steps, k) -> int:
+    steps = positive_int("lanczos_steps", lanczos_steps)
+    if steps < k:
+        raise ValueError(f"`lanczos_steps` must be at least `k` = {k}, got {steps}.")
+    return steps
+
+
+def edge_diagnostics(edge, value):
+    """The aux entries at one θ with L(θ) = `value`; ⟨Σ, H⟩ = ⟨X, UᵀHU⟩ =
+    Σ_a X_aa λ_a and tr Σ = ⟨X, UᵀU⟩."""
+    X = edge.qp.X
+    return dict(
+        sharpness=edge.eigs[0],
+        eigs=edge.eigs,
+        sigma_trace=jnp.sum(X * (edge.vectors.T @ edge.vectors)),
+        predicted_loss=value + 0.5 * jnp.diag(X) @ edge.eigs,
+        qp_residual=edge.qp.residual,
+    )
 
 
 class CentralFlowField(AbstractField):
@@ -139,13 +140,8 @@ class CentralFlowField(AbstractField):
         rates=None,
     ):
         self.lr = positive_scalar("lr", lr)
-        self.k = _check_k(k)
-        self.lanczos_steps = positive_int("lanczos_steps", lanczos_steps)
-        if self.lanczos_steps < self.k:
-            raise ValueError(
-                f"`lanczos_steps` must be at least `k` = {self.k}, got "
-                f"{self.lanczos_steps}."
-            )
+        self.k = check_k(k)
+        self.lanczos_steps = check_lanczos_steps(lanczos_steps, self.k)
         if stabilisation is None:
             self.stabilisation = 1 / self.lr
         else:
@@ -162,74 +158,25 @@ class CentralFlowField(AbstractField):
         correction = 0.5 * edge.ghat.T @ svec(edge.qp.X)
         return -objective.precondition(edge.grad + correction)
 
-    def _top(self, y, objective):
-        """Top-k Ritz pairs of P^½HP^½ (largest first), U = P^½W."""
-        dim = y.shape[0]
-        root = 1.0 if objective.rates is None else jnp.sqrt(objective.rates)
-        start = jax.random.normal(self.key, (dim,), y.dtype)
-        values, vectors = lanczos(
-            lambda v: root * objective.hvp(y, root * v),
-            start,
-            min(self.lanczos_steps, dim),
-        )
-        top = slice(-1, -self.k - 1, -1)
-        return values[top], root * vectors[:, top].T
-
     def edge(self, y: Float[Array, " D"], objective: Objective) -> _Edge:
         r"""∇L, the top-k Ritz pairs, g_ab = ∇(u_aᵀHu_b) and the QP's solution
         at θ = `y`: M_pq = ⟨ĝ_p, Pĝ_q⟩, C = κ(2/η I − R) + α' with
         svec(α') = ĝP∇L, where ĝ_p = g_ab, times √2 when a ≠ b (svec order)."""
         grad = objective.grad(y)
-        eigs, rows_u = self._top(y, objective)
-        rows, cols = np.triu_indices(self.k)
-        scale = np.where(rows == cols, 1.0, np.sqrt(2.0))
-
-        def third(u, v):
-            return jax.grad(lambda p: u @ objective.hvp(p, v))(y)
-
-        ghat = jax.vmap(third)(rows_u[rows], rows_u[cols]) * scale[:, None]
+        root = 1.0 if objective.rates is None else jnp.sqrt(objective.rates)
+        eigs, rows_u = top_pairs(
+            y, objective, root, self.key, self.k, self.lanczos_steps
+        )
+        ghat = third_derivatives(objective, y, rows_u, self.k)
         pg = jax.vmap(objective.precondition)(ghat)
         alpha = ghat @ objective.precondition(grad)
         gap = self.stabilisation * (2 / self.lr - eigs)
         C = jnp.diag(gap) + smat(alpha, self.k)
         return _Edge(grad, eigs, rows_u.T, ghat, solve_psd_qp(ghat @ pg.T, C))
 
-
-def _diagnostics_at(field, objective, y):
-    """The aux entries at one θ; ⟨Σ, H⟩ = ⟨X, UᵀHU⟩ = Σ_a X_aa λ_a and
-    tr Σ = ⟨X, UᵀU⟩."""
-    edge = field.edge(y, objective)
-    X = edge.qp.X
-    return dict(
-        sharpness=edge.eigs[0],
-        eigs=edge.eigs,
-        sigma_trace=jnp.sum(X * (edge.vectors.T @ edge.vectors)),
-        predicted_loss=objective(y) + 0.5 * jnp.diag(X) @ edge.eigs,
-        qp_residual=edge.qp.residual,
-    )
-
-
-@eqx.filter_jit
-def _diagnostics(field, objective, saved, y0):
-    """`_diagnostics_at` every save, `_SAVE_BATCH` saves at a time (a `lax.map`
-    over batches padded with θ₀, so the body is traced once). Saves past a stop
-    are inf; they are evaluated on a finite stand-in and reported as inf."""
-    count = saved.shape[0]
-    batch = min(_SAVE_BATCH, count)
-    padded = -(-count // batch) * batch
-    finite = jnp.all(jnp.isfinite(saved), axis=1)
-    stand_in = jnp.where(finite[:, None], saved, y0)
-    stand_in = jnp.concatenate(
-        [stand_in, jnp.broadcast_to(y0, (padded - count,) + y0.shape)]
-    )
-    at = jax.vmap(lambda y: _diagnostics_at(field, objective, y))
-    out = lax.map(at, stand_in.reshape((padded // batch, batch) + y0.shape))
-
-    def unbatch(v):
-        v = v.reshape((padded,) + v.shape[2:])[:count]
-        return jnp.where(finite.reshape((count,) + (1,) * (v.ndim - 1)), v, jnp.inf)
-
-    return jax.tree.map(unbatch, out)
+    def diagnostics(self, y: Float[Array, " D"], objective: Objective) -> dict:
+        """The `aux` entries of `central_flow` at θ = `y`."""
+        return edge_diagnostics(self.edge(y, objective), objective(y))
 
 
 def central_flow(
@@ -261,26 +208,25 @@ def central_flow(
     (L + ½⟨Σ, H⟩, GD's time-averaged loss), and `qp_residual` (the QP's
     relative KKT residual; of order one flags an unbounded QP: an eigenvalue
     past 2/η that the third derivative cannot bring back, where GD diverges).
-    Computed after the solve from the saved θ.
+    Computed after the solve from the saved θ. RMSProp's central flow, with its
+    state ν, is `rmsprop_central_flow`.
     """
-    if "field" in kwargs:
-        raise TypeError("`central_flow` builds its own `field`; do not pass one.")
-    trainable = kwargs.get("trainable")
-    params, static = split_model(model, trainable)
-    layout = FlatLayout.of(params)
-    k = _check_k(k)
-    if k > layout.size:
-        raise ValueError(
-            f"`k` = {k} exceeds the number of trainable parameters D = {layout.size}."
-        )
-    steps = min(positive_int("lanczos_steps", lanczos_steps), layout.size)
-    field = CentralFlowField(
-        lr, k, stabilisation=stabilisation, lanczos_steps=steps, key=key, rates=rates
+    traj, _, aux = run_central(
+        "central_flow",
+        loss,
+        model,
+        lambda steps: CentralFlowField(
+            lr,
+            k,
+            stabilisation=stabilisation,
+            lanczos_steps=steps,
+            key=key,
+            rates=rates,
+        ),
+        k=k,
+        lanczos_steps=lanczos_steps,
+        t1=t1,
+        ts=ts,
+        kwargs=kwargs,
     )
-    traj = gradient_flow(loss, model, t1=t1, ts=ts, field=field, **kwargs)
-    objective = Objective(
-        loss, static, layout, _flat_rates(field, model, params, layout)
-    )
-    saved = jax.vmap(layout.ravel)(split_model(traj.models, trainable)[0])
-    aux = _diagnostics(field, objective, saved, layout.ravel(params))
     return dataclasses.replace(traj, aux=aux)

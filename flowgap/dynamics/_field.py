@@ -9,7 +9,8 @@ from ._objective import Objective
 
 
 class AbstractField(eqx.Module):
-    r"""A vector field dθ/dt = F(t, θ) on the flat trainable vector θ ∈ ℝᴰ.
+    r"""A vector field dθ/dt = F(t, θ) on the flat trainable vector θ ∈ ℝᴰ
+    (or dy/dt = F(t, y) on y = [θ; s], with extra state s: see below).
 
     `gradient_flow(loss, model, field=...)` integrates it with Diffrax; the
     gradient flow, the modified flows of gradient descent and heavy ball's flows
@@ -39,8 +40,15 @@ class AbstractField(eqx.Module):
     - `grad_evals_per_call`: loss-gradient evaluations per call (a Hessian– or
       higher-derivative–vector product counts as one), for the flow's
       `stats["num_grad_evals"]`.
-    - `start(y0, objective)`: the flow's initial point for the model's θ₀
+    - `start(y0, objective)`: the flow's initial state for the model's θ₀
       (θ₀ itself unless the continuous model starts elsewhere).
+
+    **Extra state.** A flow may carry state besides θ (an optimizer's moving
+    averages, as `RMSPropField`'s ν): `start` then returns y = [θ; s], longer
+    than D, θ first, and `__call__` receives that whole y and returns its whole
+    derivative [dθ/dt; ds/dt]. The engine reads the model, the losses, the stop
+    events and `traj.at` from θ = y[:D] alone, and saves s at every save as
+    `traj.aux["state"]`, shape (S, len(s)). `rates` applies to θ only.
     """
 
     rates: eqx.AbstractVar[PyTree | None]
@@ -48,11 +56,11 @@ class AbstractField(eqx.Module):
 
     @abc.abstractmethod
     def __call__(
-        self, t: Float[Array, ""], y: Float[Array, " D"], objective: Objective
-    ) -> Float[Array, " D"]:
+        self, t: Float[Array, ""], y: Float[Array, " N"], objective: Objective
+    ) -> Float[Array, " N"]:
         raise NotImplementedError
 
-    def start(self, y0: Float[Array, " D"], objective: Objective) -> Float[Array, " D"]:
+    def start(self, y0: Float[Array, " D"], objective: Objective) -> Float[Array, " N"]:
         return y0
 
 

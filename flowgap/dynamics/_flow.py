@@ -26,15 +26,22 @@ from ._stopping import check_stop_condition
 from ._trajectory import Trajectory
 
 
+def _theta(y, size: int):
+    """θ, the first D = `size` entries of a field's state (along the last axis):
+    all of it, untouched, unless the field carries extra state."""
+    return y if y.shape[-1] == size else y[..., :size]
+
+
 class UnravelledInterpolation(eqx.Module):
     """Diffrax's dense interpolation of the flat state, evaluated as the
-    trainable parameters' pytree."""
+    trainable parameters' pytree (θ only, for a field with extra state)."""
 
     interpolation: diffrax.DenseInterpolation
     layout: FlatLayout
 
     def evaluate(self, t):
-        return self.layout.unravel(self.interpolation.evaluate(t))
+        y = self.interpolation.evaluate(t)
+        return self.layout.unravel(_theta(y, self.layout.size))
 
 
 def _vector_field(t, y, args):
@@ -45,7 +52,7 @@ def _vector_field(t, y, args):
 def _event(stop_when):
     def cond_fn(t, y, args, **kwargs):
         objective = args[1]
-        value, grads = objective.value_and_grad(y)
+        value, grads = objective.value_and_grad(_theta(y, objective.layout.size))
         return stop_when(value, objective.layout.unravel(grads))
 
     return diffrax.Event(cond_fn)
@@ -82,7 +89,7 @@ def _solve(field, objective, y0, t1, ts, options):
         saveat = diffrax.SaveAt(
             subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], dense=dense
         )
-    start = field.start(y0, objective)
+    start = _check_start(field.start(y0, objective), y0)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_vector_field),
         solver,
@@ -110,6 +117,10 @@ def _solve(field, objective, y0, t1, ts, options):
         # the event's L and ∇L: at t0 and after every attempted step
         grad_evals = jnp.where(grad_evals < 0, -1, grad_evals + num_steps + 1)
     layout, static = objective.layout, objective.static
+    # a field's extra state (past θ) is saved alongside, in `aux["state"]`
+    size = layout.size
+    aux = {} if start.shape[0] == size else {"state": saved[:, size:]}
+    saved, final = _theta(saved, size), _theta(final, size)
     return Trajectory(
         ts=ts,
         models=stacked_model(layout.unravel_batch(saved), static, ts.shape[0]),
@@ -130,7 +141,19 @@ def _solve(field, objective, y0, t1, ts, options):
         interpolation=(
             UnravelledInterpolation(sol.interpolation, layout) if dense else None
         ),
+        aux=aux,
     )
+
+
+def _check_start(start, y0):
+    """`field.start`'s state: θ (length D) or [θ; s], longer."""
+    if jnp.ndim(start) != 1 or jnp.shape(start)[0] < y0.shape[0]:
+        raise ValueError(
+            "`field.start(y0, objective)` must return a 1-D state [θ; s] of length "
+            f"at least D = {y0.shape[0]} (θ first, then any extra state), got "
+            f"shape {jnp.shape(start)}."
+        )
+    return start
 
 
 def _check_field(field, rates):
@@ -240,7 +263,9 @@ def gradient_flow(
     for `stop_when`) and `num_loss_evals` (L alone: at the saves and the end,
     `len(ts) + 1`). On failure (e.g. `max_steps` reached) it holds everything
     up to the failure time `stop_time`; later saves are inf and `result` carries
-    Diffrax's code.
+    Diffrax's code. A field with extra state (see `AbstractField.start`) is
+    solved for [θ; s]; `models`, `loss`, `final`, `stop_when` and `traj.at` see
+    θ, and the saved s is `aux["state"]`, shape (S, len(s)).
     """
     loss = check_loss(loss)
     field = _check_field(field, rates)

@@ -42,9 +42,11 @@ class Trajectory(eqx.Module):
     - `interpolation`: for `gradient_flow(..., dense=True)`, Diffrax's dense
       interpolation of the parameters (see `at`); None otherwise.
     - `aux`: per-save diagnostics of the flow that produced the run, each with a
-      leading axis of length S (empty for the trainers that report none). The
-      central flow fills `sharpness`, `eigs`, `sigma_trace`, `predicted_loss`
-      and `qp_residual` (see `central_flow`).
+      leading axis of length S (empty for the trainers that report none). A
+      flow whose field carries state beyond θ saves it as `state` (see
+      `AbstractField`); the central flows fill `sharpness`, `eigs`,
+      `sigma_trace`, `predicted_loss` and `qp_residual` (see `central_flow`),
+      and the RMSProp flows `nu` (see `rmsprop_flow`).
 
     Saves after the stop time are filled with `inf` (as in Diffrax), so a stopped
     or failed run is never mistaken for a finished one: check `result`.

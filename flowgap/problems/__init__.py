@@ -1,7 +1,12 @@
 """Problems: data, ground truth and a half-MSE loss (docs: theory/one-clock)."""
 
+from ._datasets import digits as digits
+
 from ._generators import (
     low_rank as low_rank,
+)
+from ._generators import (
+    random_labels as random_labels,
 )
 from ._generators import (
     sparse_recovery as sparse_recovery,

@@ -124,3 +124,20 @@ def whitened(
     x = jnp.sqrt(n) * q
     beta = jax.random.normal(kb, (d,), dtype)
     return RegressionProblem(x, _noisy(kn, x @ beta, noise), beta)
+
+
+def random_labels(
+    key: PRNGKeyArray, *, n: int, d: int, out_dim: int = 1, dtype=None
+) -> RegressionProblem:
+    r"""Memorisation: inputs xᵢ ~ N(0, I_d) and targets yᵢ ~ N(0, I_out_dim),
+    independent of each other, so nothing generalises and a network fits the
+    labels one by one. Fitting them sharpens the loss steadily (progressive
+    sharpening), which makes it the standard small test bed for gradient descent
+    at the edge of stability. `truth` is None.
+    """
+    n, d = positive_int("n", n), positive_int("d", d)
+    out_dim = positive_int("out_dim", out_dim)
+    dtype = _dtype(dtype)
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (n, d), dtype)
+    return RegressionProblem(x, jax.random.normal(ky, (n, out_dim), dtype))
