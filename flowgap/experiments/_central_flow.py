@@ -99,7 +99,9 @@ QUICK = dict(lrs=(0.2,), t1=300.0, sharpness_points=100)
 
 class CentralFlowResult(ExperimentResult):
     """Per learning rate (`rows`): when GD's sharpness crossed 2/η, when it
-    departed from gradient flow, and over the window past departure (from the
+    departed from gradient flow, the ratio of its distances to gradient flow and
+    to the central flow at t1 (`end_gf_ratio`), and over the window past
+    departure (from the
     initialisation, `init_…`, and re-anchored, `anchored_…`) the smallest ratios
     of GD's distance to gradient flow (`gf_ratio`) and to the modified flow
     (`mf_ratio`) over its distance to the central flow, the largest relative
@@ -120,6 +122,7 @@ class CentralFlowResult(ExperimentResult):
             Column("cross_time", "t(λ>2/η)", ".4g", missing="never"),
             Column("depart_time", "t(depart)", ".4g", missing="never"),
             Column("init_gf_ratio", "GF/CF init", ".3g"),
+            Column("end_gf_ratio", "at t1", ".3g"),
             Column("anchor_time", "anchor", ".4g"),
             Column("anchored_depart", "t(depart')", ".4g", missing="never"),
             Column("anchored_gf_ratio", "GF/CF", ".3g"),
@@ -133,7 +136,8 @@ class CentralFlowResult(ExperimentResult):
             "GF/CF, MF/CF: smallest ratio of GD's time-averaged distance to gradient "
             "flow (or the order-1 modified flow) over its distance to the central "
             "flow, from departure to t1; 'init' from the initialisation, the others "
-            "re-anchored at GD's average at `anchor`.",
+            "re-anchored at GD's average at `anchor`; 'at t1': the ratio at the "
+            "end, from the initialisation.",
             "held: most eigenvalues the central flow held at 2/η at once (of k = "
             f"{self.settings['k']}; reaching k means k may be too small).",
             "loss err: largest |L_pred/L̄ − 1| past departure (re-anchored); edge "

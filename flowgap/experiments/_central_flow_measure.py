@@ -228,6 +228,9 @@ def measure_rate(s, problem, model, lr):
         held=int(np.max(np.sum(at_edge, axis=1))),
         cross_time=_first_time(t_bar[::stride], sharp > 2 / lr),
         depart_time=init_window["depart"],
+        end_gf_ratio=float(
+            init_window["distances"]["gf"][-1] / init_window["distances"]["cf"][-1]
+        ),
         anchor_time=anchored["anchor"],
         anchored_depart=anchored["depart"],
         anchored_window=anchored.get("window"),
