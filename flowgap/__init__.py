@@ -34,6 +34,12 @@ from .dynamics import (
 from .dynamics import (
     rmsprop_central_flow as rmsprop_central_flow,
 )
+from .dynamics import (
+    stochastic_descent as stochastic_descent,
+)
+from .dynamics import (
+    stochastic_flow as stochastic_flow,
+)
 from .sweeps import sweep as sweep
 
 __version__ = importlib.metadata.version("flowgap")

@@ -69,3 +69,29 @@ def one_of(name: str, value, accepted) -> None:
     if value not in accepted:
         choices = ", ".join(repr(a) for a in accepted)
         raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
+
+
+def prng_key(name: str, key):
+    """A JAX PRNG key: a typed key (`jax.random.key`) of shape (), or a raw
+    uint32 key of shape (2,) (`jax.random.PRNGKey`), returned as a typed key."""
+    if isinstance(key, jax.Array | np.ndarray) and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    ):
+        if key.shape != ():
+            raise ValueError(
+                f"`{name}` must be a single PRNG key (shape ()), got shape "
+                f"{key.shape}; vmap over a batch of keys instead."
+            )
+        return key
+    if (
+        isinstance(key, jax.Array | np.ndarray)
+        and key.shape == (2,)
+        and key.dtype == np.uint32
+    ):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key (e.g. `jax.random.key(0)`), got "
+        f"{type(key).__name__}"
+        + (f" of dtype {key.dtype}, shape {key.shape}" if hasattr(key, "dtype") else "")
+        + "."
+    )

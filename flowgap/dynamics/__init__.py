@@ -1,4 +1,5 @@
-"""Trainers on one clock: jitted gradient descent and Diffrax gradient flow."""
+"""Trainers on one clock: jitted gradient descent and SGD, and their Diffrax
+flows and SDEs."""
 
 from ._central import (
     CentralFlowField as CentralFlowField,
@@ -23,6 +24,7 @@ from ._field import (
 )
 from ._flat import FlatLayout as FlatLayout
 from ._flow import gradient_flow as gradient_flow
+from ._minibatch import Minibatches as Minibatches
 from ._modified import (
     ModifiedField as ModifiedField,
 )
@@ -35,6 +37,8 @@ from ._momentum import (
 from ._momentum import (
     momentum_flow as momentum_flow,
 )
+from ._noise import AbstractNoise as AbstractNoise
+from ._noise import MinibatchNoise as MinibatchNoise
 from ._objective import Objective as Objective
 from ._psd_qp import PSDQPSolution as PSDQPSolution
 from ._psd_qp import solve_psd_qp as solve_psd_qp
@@ -68,6 +72,9 @@ from ._saves import log_save_steps as log_save_steps
 from ._stability import StabilityWarning as StabilityWarning
 from ._stability import check_stability as check_stability
 from ._stability import stable_learning_rate as stable_learning_rate
+from ._stochastic import BatchLoss as BatchLoss
+from ._stochastic import stochastic_descent as stochastic_descent
+from ._stochastic_flow import stochastic_flow as stochastic_flow
 from ._stopping import (
     AbstractStopCondition as AbstractStopCondition,
 )

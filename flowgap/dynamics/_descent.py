@@ -53,8 +53,20 @@ class _Config(eqx.Module):
 
 
 @eqx.filter_jit
-def _descend(loss, params, static, lr, rates, max_loss, stop_when, config: _Config):
+def _descend(
+    loss,
+    params,
+    static,
+    lr,
+    rates,
+    max_loss,
+    stop_when,
+    config: _Config,
+    step_loss=None,
+):
     value_fn = scalar_loss(loss, static)
+    if step_loss is not None:
+        step_loss = step_loss.bind(static)
     program = DescentProgram(
         value_fn=value_fn,
         static=static,
@@ -65,6 +77,7 @@ def _descend(loss, params, static, lr, rates, max_loss, stop_when, config: _Conf
         max_loss=max_loss,
         blocks=config.blocks,
         meter=config.meter,
+        step_loss=step_loss,
     )
     state, saves = program.run(params, config.segments)
     final_value = value_fn(state.params)
@@ -300,6 +313,48 @@ def gradient_descent(
     run (`check_stability` before it, and the backward sweeps of a derivative
     through it, are not counted).
     """
+    return run_descent(
+        loss,
+        model,
+        lr=lr,
+        steps=steps,
+        save_every=save_every,
+        save_steps=save_steps,
+        optimizer=optimizer,
+        rates=rates,
+        projection=projection,
+        stop_when=stop_when,
+        max_loss=max_loss,
+        throw=throw,
+        progress_meter=progress_meter,
+        layerwise=layerwise,
+        check_stability=check_stability,
+        trainable=trainable,
+    )
+
+
+def run_descent(
+    loss,
+    model,
+    *,
+    lr,
+    steps,
+    save_every,
+    save_steps,
+    optimizer,
+    rates,
+    projection,
+    stop_when,
+    max_loss,
+    throw,
+    progress_meter,
+    layerwise,
+    check_stability,
+    trainable,
+    step_loss=None,
+) -> Trajectory:
+    """`gradient_descent`'s checks and run; with `step_loss` (a `BatchLoss`),
+    step k moves along ∇L_{B_k} instead of ∇L (`stochastic_descent`)."""
     loss = check_loss(loss)
     lr = positive_scalar("lr", lr)
     steps = positive_int("steps", steps)
@@ -320,7 +375,9 @@ def gradient_descent(
             )
         stability_check(loss, model, lr=lr, rates=rates_in, trainable=trainable)
     config = _Config(segments, _check_optimizer(optimizer), projection, meter, blocks)
-    traj = _descend(loss, params, static, lr, rates, max_loss, stop_when, config)
+    traj = _descend(
+        loss, params, static, lr, rates, max_loss, stop_when, config, step_loss
+    )
     if throw:
         traj = _throw_if_diverged(traj, lr)
     return traj

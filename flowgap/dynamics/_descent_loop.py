@@ -176,6 +176,15 @@ class DescentProgram(eqx.Module):
     max_loss: Float[Array, ""] | None
     blocks: tuple | None
     meter: Meter
+    # SGD: (params, k) → L_{B_k}, the loss whose gradient moves step k; the saves,
+    # the guard and `stop_when` still see the full loss `value_fn` (None: GD).
+    step_loss: Callable | None = None
+
+    def step_grad(self, params, step):
+        """The gradient that moves step k: ∇L, or ∇L_{B_k} for SGD."""
+        if self.step_loss is None:
+            return jax.grad(self.value_fn)(params)
+        return jax.grad(self.step_loss)(params, step)
 
     def direction(self, grads, step):
         """P∇L, restricted to block `step mod B` for layer-wise descent."""
@@ -233,7 +242,16 @@ class DescentProgram(eqx.Module):
         once the run has stopped (under vmap: once every run has)."""
 
         def step(state):
-            value, grads = jax.value_and_grad(self.value_fn)(state.params)
+            if self.step_loss is None:
+                value, grads = jax.value_and_grad(self.value_fn)(state.params)
+            else:
+                # the guard's L is the full loss, one evaluation besides the step's
+                # minibatch gradient
+                value = self.value_fn(state.params)
+                grads = self.step_grad(state.params, state.step)
+                state = eqx.tree_at(
+                    lambda s: s.counts, state, state.counts.add(losses=1)
+                )
             value = value.astype(state.stop_loss.dtype)
             return self.advance(state, value, grads), value
 
@@ -258,7 +276,7 @@ class DescentProgram(eqx.Module):
 
     def plain_step(self, carry, step):
         params, opt_state = carry
-        grads = jax.grad(self.value_fn)(params)
+        grads = self.step_grad(params, step)
         return self.update(params, opt_state, grads, step), None
 
     def fast_block(self, fast: _Fast, start, size: int) -> _Fast:

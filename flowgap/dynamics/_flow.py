@@ -19,6 +19,7 @@ from ._flow_options import (
     choose_adjoint,
     rk_evaluations,
 )
+from ._noise import AbstractNoise
 from ._objective import Objective
 from ._rates import check_rates, restrict_rates
 from ._results import RESULTS, SolverError
@@ -45,8 +46,29 @@ class UnravelledInterpolation(eqx.Module):
 
 
 def _vector_field(t, y, args):
-    field, objective = args
+    field, objective, _ = args
     return field(t, y, objective)
+
+
+def _diffusion(t, y, args):
+    _, objective, noise = args
+    return noise(t, _theta(y, objective.layout.size), objective)
+
+
+def _terms(noise, t1, brownian_tol, dtype):
+    """F dt, plus g dW for a flow with `noise` (W a virtual Brownian tree on
+    [0, t1] from the noise's key: reproducible and differentiable)."""
+    drift = diffrax.ODETerm(_vector_field)
+    if noise is None:
+        return drift
+    brownian = diffrax.VirtualBrownianTree(
+        jnp.zeros((), dtype),
+        t1,
+        tol=brownian_tol,
+        shape=jax.ShapeDtypeStruct((noise.size,), dtype),
+        key=noise.key,
+    )
+    return diffrax.MultiTerm(drift, diffrax.ControlTerm(_diffusion, brownian))
 
 
 def _event(stop_when):
@@ -76,7 +98,7 @@ def _saved_losses(objective, saved, y0):
 
 
 @eqx.filter_jit
-def _solve(field, objective, y0, t1, ts, options):
+def _solve(field, objective, y0, t1, ts, options, noise=None, brownian_tol=None):
     solver, controller, adjoint, stop_when, max_steps, dt0, meter, dense = options
     backsolve = isinstance(adjoint, diffrax.BacksolveAdjoint)
     if backsolve:
@@ -91,13 +113,13 @@ def _solve(field, objective, y0, t1, ts, options):
         )
     start = _check_start(field.start(y0, objective), y0)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_vector_field),
+        _terms(noise, t1, brownian_tol, y0.dtype),
         solver,
         t0=jnp.zeros((), t1.dtype),
         t1=t1,
         dt0=dt0,
         y0=start,
-        args=(field, objective),
+        args=(field, objective, noise),
         saveat=saveat,
         stepsize_controller=controller,
         adjoint=adjoint,
@@ -116,6 +138,12 @@ def _solve(field, objective, y0, t1, ts, options):
     if stop_when is not None:
         # the event's L and ∇L: at t0 and after every attempted step
         grad_evals = jnp.where(grad_evals < 0, -1, grad_evals + num_steps + 1)
+    extra_stats = {}
+    if noise is not None:
+        # g is evaluated alongside F at every stage of the solver
+        extra_stats["num_example_grads"] = jnp.where(
+            field_evals < 0, -1, field_evals * noise.rows_per_call
+        )
     layout, static = objective.layout, objective.static
     # a field's extra state (past θ) is saved alongside, in `aux["state"]`
     size = layout.size
@@ -137,6 +165,7 @@ def _solve(field, objective, y0, t1, ts, options):
             num_grad_evals=grad_evals,
             # L alone: at every save and at the end
             num_loss_evals=jnp.asarray(ts.shape[0] + 1),
+            **extra_stats,
         ),
         interpolation=(
             UnravelledInterpolation(sol.interpolation, layout) if dense else None
@@ -200,6 +229,8 @@ def gradient_flow(
     rates=None,
     dense: bool = False,
     trainable=None,
+    noise: AbstractNoise | None = None,
+    brownian_tol=None,
 ) -> Trajectory:
     r"""Solve a flow of the model's trainable parameters with
     `diffrax.diffeqsolve`, to a stated tolerance, on the clock t = k·η.
@@ -254,6 +285,13 @@ def gradient_flow(
       can evaluate the flow at any time in [0, stop_time].
     - `trainable`: which leaves move, a filter as in `eqx.partition` (default
       every floating-point array); the rest is carried along unchanged.
+    - `noise`: a diffusion g (an `AbstractNoise`, e.g. SGD's `MinibatchNoise`),
+      making the flow the Itô SDE dθ = F dt + g dW, W a
+      `diffrax.VirtualBrownianTree` from `noise.key` (see `stochastic_flow`).
+      The defaults then become `diffrax.Euler()` (Euler–Maruyama) at the
+      constant step `dt0`, which must be given.
+    - `brownian_tol`: the Brownian tree's resolution (default `dt0`/16, or
+      t1·2⁻²⁰ without `dt0`).
 
     **Returns:** a `Trajectory` saved at `ts`, with `stats` `num_steps`,
     `num_accepted_steps`, `num_rejected_steps`, `num_field_evals` (vector-field
@@ -278,20 +316,46 @@ def gradient_flow(
     if dt0 is not None:
         dt0 = positive_scalar("dt0", dt0).astype(dtype)
     stop_when = check_stop_condition(stop_when)
+    if noise is not None:
+        solver, stepsize_controller, brownian_tol = _sde_defaults(
+            noise, solver, stepsize_controller, rtol, atol, dt0, t1, brownian_tol
+        )
     solver = check_solver(solver)
     controller = check_controller(stepsize_controller, rtol, atol, dt0, dtype)
     flat_rates = _flat_rates(field, model, params, layout)
     objective = Objective(loss, static, layout, flat_rates)
     y0 = layout.ravel(params)
     adjoint = choose_adjoint(
-        adjoint, (y0, objective, field, t1), stop_when=stop_when, dense=dense
+        adjoint, (y0, objective, field, t1, noise), stop_when=stop_when, dense=dense
     )
     meter = check_progress_meter(progress_meter)
     options = (solver, controller, adjoint, stop_when, max_steps, dt0, meter, dense)
-    traj = _solve(field, objective, y0, t1, ts, options)
+    traj = _solve(field, objective, y0, t1, ts, options, noise, brownian_tol)
     if throw:
         traj = _throw_if_failed(traj, t1, controller, max_steps, solver)
     return traj
+
+
+def _sde_defaults(noise, solver, controller, rtol, atol, dt0, t1, brownian_tol):
+    """Euler–Maruyama at the constant step `dt0` unless told otherwise, and the
+    Brownian tree's tolerance."""
+    if not isinstance(noise, AbstractNoise):
+        raise TypeError(
+            "`noise` must be a flowgap.dynamics.AbstractNoise (e.g. MinibatchNoise), "
+            f"got {type(noise).__name__}."
+        )
+    if controller is None and rtol is None and atol is None:
+        if dt0 is None:
+            raise ValueError(
+                "a flow with `noise` runs Euler–Maruyama at a constant step by "
+                "default: give `dt0` (or an adaptive `stepsize_controller` with an "
+                "SDE solver that estimates its error)."
+            )
+        controller = diffrax.ConstantStepSize()
+    solver = diffrax.Euler() if solver is None else solver
+    if brownian_tol is None:
+        brownian_tol = dt0 / 16 if dt0 is not None else t1 * 2.0**-20
+    return solver, controller, positive_scalar("brownian_tol", brownian_tol)
 
 
 def _failure_message(traj: Trajectory, t1, controller, max_steps, solver) -> str:

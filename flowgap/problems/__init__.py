@@ -1,7 +1,6 @@
 """Problems: data, ground truth and a half-MSE loss (docs: theory/one-clock)."""
 
 from ._datasets import digits as digits
-
 from ._generators import (
     low_rank as low_rank,
 )
