@@ -67,3 +67,55 @@ def test_small_scale_is_sparse_large_scale_is_ridge(problem):
     assert float(jnp.linalg.norm(small - problem.truth)) < 0.05 * float(
         jnp.linalg.norm(problem.truth)
     )
+
+
+def test_equal_vector_scale_is_the_scalar_scale(problem):
+    x, y = problem.inputs, problem.targets
+    scalar = woodworth_limit(x, y, 0.3)
+    vector = woodworth_limit(x, y, jnp.full(30, 0.3))
+    # the same dual solve, with α² broadcast instead of scalar: round-off apart
+    assert float(jnp.max(jnp.abs(vector - scalar))) < 1e-12
+    beta = problem.truth
+    assert np.isclose(
+        woodworth_potential(beta, jnp.full(30, 0.3)),
+        woodworth_potential(beta, 0.3),
+        rtol=1e-13,
+    )
+
+
+def test_vector_scale_limit_satisfies_kkt(problem):
+    """min Σᵢ αᵢ² q(βᵢ/αᵢ²) s.t. Xβ = y: β interpolates and the gradient
+    arcsinh(βᵢ/2αᵢ²) lies in range(Xᵀ). A traced scale (under jit) gives the
+    same limit."""
+    x, y = problem.inputs, problem.targets
+    scale = jax.random.uniform(jax.random.key(1), (30,), minval=0.05, maxval=1.0)
+    beta = woodworth_limit(x, y, scale)
+    traced = jax.jit(woodworth_limit)(x, y, scale)
+    # the same solve, compiled differently: agreement to round-off
+    assert float(jnp.max(jnp.abs(traced - beta))) < 1e-10
+    assert float(jnp.linalg.norm(x @ beta - y)) < 1e-10 * float(jnp.linalg.norm(y))
+    grad_q = jax.grad(woodworth_potential)(beta, scale)
+    assert np.allclose(grad_q, jnp.arcsinh(beta / (2 * scale**2)), rtol=1e-10)
+    coef, *_ = jnp.linalg.lstsq(x.T, grad_q)
+    assert float(jnp.linalg.norm(x.T @ coef - grad_q)) < 1e-8 * float(
+        jnp.linalg.norm(grad_q)
+    )
+    # a per-coordinate scale is a different bias from its mean scale
+    mean_scale = woodworth_limit(x, y, float(jnp.mean(scale)))
+    assert float(jnp.linalg.norm(beta - mean_scale)) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "scale", [jnp.full(29, 0.3), jnp.full((30, 1), 0.3), jnp.full(30, 0.3).at[4].set(0)]
+)
+def test_bad_vector_scale_names_scale(problem, scale):
+    with pytest.raises(ValueError, match="`scale`"):
+        woodworth_limit(problem.inputs, problem.targets, scale)
+    with pytest.raises(ValueError, match="`scale`"):
+        woodworth_potential(problem.truth, scale)
+
+
+def test_nonpositive_vector_scale_fails_under_jit(problem):
+    scale = jnp.full(30, 0.3).at[4].set(-0.1)
+    with pytest.raises(RuntimeError, match="`scale`"):  # eqx.error_if under jit
+        jax.jit(woodworth_limit)(problem.inputs, problem.targets, scale)

@@ -1,4 +1,4 @@
-"""Analysis: implicit-bias limits, gap exponents, curvature, fits."""
+"""Analysis: implicit-bias limits, gap and weak-error exponents, curvature, fits."""
 
 from ._curvature import (
     lanczos as lanczos,
@@ -34,9 +34,17 @@ from ._implicit_derivative import (
 )
 from ._sensitivity import Sensitivity as Sensitivity
 from ._sensitivity import sensitivity as sensitivity
+from ._sgd_moments import covariance as covariance
+from ._sgd_moments import sde_moments as sde_moments
+from ._sgd_moments import sgd_moments as sgd_moments
 from ._stages import Stage as Stage
 from ._stages import alignment_ratio as alignment_ratio
 from ._stages import detect_stages as detect_stages
 from ._stages import numerical_rank as numerical_rank
 from ._tune import TuneResult as TuneResult
 from ._tune import tune as tune
+from ._weak import MonteCarloEstimate as MonteCarloEstimate
+from ._weak import WeakErrorTable as WeakErrorTable
+from ._weak import monte_carlo as monte_carlo
+from ._weak import sample_covariance as sample_covariance
+from ._weak import weak_error_exponent as weak_error_exponent

@@ -1,23 +1,57 @@
+import equinox as eqx
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import positive_scalar
+from .._checks import is_concrete, positive_scalar
 
 
-def woodworth_potential(beta: Float[Array, " d"], scale) -> Float[Array, ""]:
-    r"""Q_α(β) = α² Σᵢ q(βᵢ/α²), q(z) = 2 − √(4 + z²) + z·arcsinh(z/2)
-    (Woodworth et al. 2020), the potential whose constrained minimiser is the
-    gradient-flow limit of a depth-2 `DiagonalNet` from u = v = α·1."""
-    a2 = positive_scalar("scale", scale) ** 2
+def _scale_squared(scale, dim: int):
+    """α² from a positive scalar α, or (α_i²)_i from a positive vector of shape
+    (dim,): checked now when concrete, by `eqx.error_if` when traced."""
+    if jnp.ndim(scale) == 0:
+        return positive_scalar("scale", scale) ** 2
+    arr = jnp.asarray(scale)
+    if arr.shape != (dim,) or not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise ValueError(
+            f"`scale` must be a positive scalar or a float vector of shape "
+            f"({dim},), got dtype {arr.dtype} and shape {arr.shape}."
+        )
+    bad = ~jnp.all(jnp.isfinite(arr) & (arr > 0))
+    if is_concrete(arr):
+        if bool(bad):
+            raise ValueError("every entry of `scale` must be positive and finite.")
+        return arr**2
+    arr = eqx.error_if(arr, bad, "every entry of `scale` must be positive and finite.")
+    return arr**2
+
+
+def woodworth_potential(beta: Float[Array, " d"], scale: ArrayLike) -> Float[Array, ""]:
+    r"""The Woodworth potential, with one scale or one scale per coordinate:
+
+    $$Q_\alpha(\beta) = \sum_i \alpha_i^2\, q(\beta_i/\alpha_i^2),\qquad
+      q(z) = 2 - \sqrt{4 + z^2} + z\,\operatorname{arcsinh}(z/2)$$
+
+    (Woodworth et al. 2020), whose constrained minimiser is the gradient-flow
+    limit of a depth-2 `DiagonalNet` from u = v = α (docs: theory/implicit-bias).
+    ∂Q/∂βᵢ = arcsinh(βᵢ/2αᵢ²).
+
+    **Arguments:** `beta` β (d,); `scale` α > 0, a scalar (αᵢ = α) or a vector
+    of shape (d,).
+
+    **Returns:** Q_α(β), a scalar.
+    """
+    a2 = _scale_squared(scale, jnp.shape(beta)[-1])
     z = beta / a2
-    return a2 * jnp.sum(2 - jnp.sqrt(4 + z**2) + z * jnp.arcsinh(z / 2))
+    q = 2 - jnp.sqrt(4 + z**2) + z * jnp.arcsinh(z / 2)
+    # a scalar α² factors out of the sum (kept that way: scalar results unchanged)
+    return a2 * jnp.sum(q) if a2.ndim == 0 else jnp.sum(a2 * q)
 
 
 def woodworth_limit(
     inputs: Float[Array, "n d"],
     targets: Float[Array, " n"],
-    scale,
+    scale: ArrayLike,
     *,
     rtol: float = 1e-13,
     atol: float = 1e-13,
@@ -29,14 +63,21 @@ def woodworth_limit(
     β(t) = 2α² sinh(Xᵀν(t)) for some ν(t) ∈ ℝⁿ (the mirror structure of §5), so an
     interpolating limit is β_∞ = 2α² sinh(Xᵀν*) with ν* the minimiser of
 
-    $$\Phi(\nu) = \sum_i 2\alpha^2\cosh((X^\top\nu)_i) - \nu^\top y,$$
+    $$\Phi(\nu) = \sum_i 2\alpha_i^2\cosh((X^\top\nu)_i) - \nu^\top y,$$
 
     whose gradient X·2α² sinh(Xᵀν) − y vanishes exactly when Xβ = y. Φ is solved
     by Newton's method (optimistix) on ∇Φ, whose Jacobian is the n×n matrix
     X diag(2α² cosh(Xᵀν)) Xᵀ of the dual (small; no training Hessian is formed).
 
+    The same holds coordinate by coordinate with a vector scale: from
+    u₀ = v₀ = α (per coordinate) the flow keeps βᵢ = 2αᵢ² sinh((Xᵀν)ᵢ), and the
+    limit minimises Q_α(β) = Σᵢ αᵢ² q(βᵢ/αᵢ²). This is the form that describes
+    SGD and other perturbed runs, whose effective scale differs per coordinate:
+    (α_eff)ᵢ² = uᵢvᵢ at the end of the run (docs: theory/sgd).
+
     **Arguments:** `inputs` X (n × d, n < d for a non-trivial bias), `targets` y,
-    `scale` α > 0; solver tolerances.
+    `scale` α > 0, a scalar or a vector of shape (d,) (traceable either way);
+    solver tolerances.
 
     **Returns:** β_∞, shape (d,).
     """
@@ -46,7 +87,7 @@ def woodworth_limit(
         raise ValueError(
             f"`inputs` must be (n, d) and `targets` (n,), got {x.shape} and {y.shape}."
         )
-    a2 = positive_scalar("scale", scale) ** 2
+    a2 = _scale_squared(scale, x.shape[1])
 
     def beta(nu):
         return 2 * a2 * jnp.sinh(x.T @ nu)

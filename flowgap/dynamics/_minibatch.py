@@ -91,11 +91,14 @@ class Minibatches(eqx.Module):
 
     - `replace=True`: B_k is b indices drawn uniformly with replacement, from
       `fold_in(key, k)`.
-    - `replace=False`: epochs of random permutations. Epoch e = ⌊k/m⌋, with
-      m = ⌊n/b⌋ steps per epoch, permutes the examples with `fold_in(key, e)`;
-      step k takes the (k mod m)-th block of b of it (the last n − m·b examples of
-      each permutation are dropped). With b = n this is full-batch descent, taken
-      in data order.
+    - `replace=False` (and `epochs=True`): epochs of random permutations. Epoch
+      e = ⌊k/m⌋, with m = ⌊n/b⌋ steps per epoch, permutes the examples with
+      `fold_in(key, e)`; step k takes the (k mod m)-th block of b of it (the last
+      n − m·b examples of each permutation are dropped). With b = n this is
+      full-batch descent, taken in data order.
+    - `replace=False, epochs=False`: each B_k is an independent uniform b-subset
+      (the first b of a permutation drawn from `fold_in(key, k)`): the law whose
+      one-step noise the SDE's factor (n − b)/(n − 1) describes at every step.
     - `label_noise` δ: the targets (the leaf that `targets` selects, as `where` in
       `eqx.tree_at`) get i.i.d. N(0, δ²) noise, fresh at every step and for
       every drawn example.
@@ -106,10 +109,19 @@ class Minibatches(eqx.Module):
     label_noise: Float[Array, ""] | None
     batch_size: int = eqx.field(static=True)
     replace: bool = eqx.field(static=True)
+    epochs: bool = eqx.field(static=True)
     targets: Callable = eqx.field(static=True)
 
     def __init__(
-        self, data, key, *, batch_size, replace=True, label_noise=None, targets=None
+        self,
+        data,
+        key,
+        *,
+        batch_size,
+        replace=True,
+        epochs=True,
+        label_noise=None,
+        targets=None,
     ):
         self.data, n = check_data(data)
         self.key = prng_key("key", key)
@@ -117,6 +129,9 @@ class Minibatches(eqx.Module):
         if not isinstance(replace, bool):
             raise TypeError(f"`replace` must be True or False, got {replace!r}.")
         self.replace = replace
+        if not isinstance(epochs, bool):
+            raise TypeError(f"`epochs` must be True or False, got {epochs!r}.")
+        self.epochs = epochs
         self.label_noise = (
             None if label_noise is None else positive_scalar("label_noise", label_noise)
         )
@@ -134,7 +149,7 @@ class Minibatches(eqx.Module):
     @property
     def full_batch(self) -> bool:
         """Whether every step sees the whole data set (b = n, no replacement)."""
-        return not self.replace and self.batch_size == self.n
+        return not self.replace and self.epochs and self.batch_size == self.n
 
     def indices(self, step) -> Int[Array, " b"]:
         """The examples of B_k."""
@@ -142,6 +157,8 @@ class Minibatches(eqx.Module):
         n, b = self.n, self.batch_size
         if self.replace:
             return jr.randint(jr.fold_in(sample_key, step), (b,), 0, n)
+        if not self.epochs:
+            return jr.permutation(jr.fold_in(sample_key, step), n)[:b]
         per_epoch = n // b
         permutation = jr.permutation(jr.fold_in(sample_key, step // per_epoch), n)
         return lax.dynamic_slice_in_dim(permutation, (step % per_epoch) * b, b)

@@ -49,21 +49,12 @@ class _StepLoss(eqx.Module):
         return out
 
 
-def make_batch_loss(
-    loss, data, *, key, batch_size, replace, label_noise, targets
-) -> BatchLoss:
+def make_batch_loss(loss, data, *, key, **sampling) -> BatchLoss:
     """The checked `BatchLoss` of `stochastic_descent` and `stochastic_flow`."""
     loss = check_batch_loss(loss)
-    batches = Minibatches(
-        data,
-        key,
-        batch_size=batch_size,
-        replace=replace,
-        label_noise=label_noise,
-        targets=targets,
-    )
-    if label_noise is not None:
-        check_targets(targets, batches.data)
+    batches = Minibatches(data, key, **sampling)
+    if sampling.get("label_noise") is not None:
+        check_targets(sampling.get("targets"), batches.data)
     return BatchLoss(loss, batches)
 
 
@@ -79,6 +70,7 @@ def stochastic_descent(
     save_every: int = 1,
     save_steps=None,
     replace: bool = True,
+    epochs: bool = True,
     label_noise=None,
     targets=None,
     optimizer=None,
@@ -116,6 +108,11 @@ def stochastic_descent(
     - `replace`: True draws each B_k as b uniform indices with replacement; False
       takes epochs of random permutations (⌊n/b⌋ steps per epoch, the remainder of
       each permutation dropped). b = n without replacement is full-batch GD.
+    - `epochs`: with `replace=False`, False draws every B_k as an independent
+      uniform b-subset instead of walking epochs. (Within an epoch the batches
+      are dependent, and their noise largely cancels over the epoch: the SDE's
+      without-replacement factor describes one step's law, exactly the law of
+      `epochs=False`; see docs: theory/sgd.)
     - `label_noise`: δ > 0 adds i.i.d. N(0, δ²) noise to the targets of every
       drawn example at every step (label-noise GD with `batch_size = n,
       replace=False`). `targets` selects the target array of a batch, as
@@ -138,6 +135,7 @@ def stochastic_descent(
         key=key,
         batch_size=batch_size,
         replace=replace,
+        epochs=epochs,
         label_noise=label_noise,
         targets=targets,
     )

@@ -56,18 +56,19 @@ def stochastic_flow(
     - `t1`: the horizon; `ts`: save times in [0, t1] (default 0 and t1), e.g. a
       `stochastic_descent` trajectory's `ts`.
     - `key`: the Brownian motion's key. The same key gives the same path bit for
-      bit, and at any `dt0` the same underlying Brownian path (a virtual
-      Brownian tree), so step-size refinements are coupled; vmap over keys for
-      independent paths.
+      bit; vmap over keys for independent paths. W is a virtual Brownian tree,
+      a deterministic function of (key, t) at the resolution `brownian_tol`
+      (default `dt0`/16): runs at two `dt0` with one fixed `brownian_tol` see the
+      same Brownian path, so a step-size refinement is coupled.
     - `order`: 1 or 2 (static).
     - `subset`: estimate Σ from this many rows per window of length η (an
       unbiased estimate; see `MinibatchNoise`), for large n.
     - `solver`: a Diffrax SDE solver (default `diffrax.Euler()`,
       Euler–Maruyama, weak order 1 in `dt0`).
-    - `dt0`: the solver's constant step (default η/10). Its weak error is O(dt0):
-      keep it well below η for order 1 and below η² for order 2, or remove it by
-      extrapolating two steps on the same path (`flowgap.analysis` weak-error
-      tools).
+    - `dt0`: the solver's constant step (default η/10). Euler–Maruyama's weak
+      error is O(dt0): keep it well below the model's own, O(η) at order 1 and
+      O(η²) at order 2, or cancel its leading term by Richardson extrapolation,
+      2E[φ]_{dt0/2} − E[φ]_{dt0}, on coupled paths (one `brownian_tol`).
     - `rates`: P, as in `stochastic_descent`.
     - Every other keyword is `gradient_flow`'s (`stepsize_controller`,
       `adjoint`, `stop_when`, `max_steps`, `brownian_tol`, `throw`,
