@@ -48,3 +48,4 @@ from ._weak import WeakErrorTable as WeakErrorTable
 from ._weak import monte_carlo as monte_carlo
 from ._weak import sample_covariance as sample_covariance
 from ._weak import weak_error_exponent as weak_error_exponent
+from ._weak_orders import sgd_weak_exponent as sgd_weak_exponent

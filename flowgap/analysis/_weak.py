@@ -191,6 +191,8 @@ class WeakErrorTable:
       (`slope`, `intercept`, `stderr`, `ci`), plus `points` (how many were
       fitted) and `note` ("" or why points were left out or the fit is NaN).
     - `confidence`: the level of every `ci`.
+    - `reference`, `approximations`: the values the errors were computed from,
+      as given (e.g. the `MonteCarloEstimate`s, one per η).
 
     `summary()` (also the `repr`) prints the exponents and the errors.
     """
@@ -201,6 +203,8 @@ class WeakErrorTable:
     resolved: dict
     fits: dict
     confidence: float
+    reference: Sequence | None = None
+    approximations: Mapping | None = None
 
     def summary(self) -> str:
         width = max(13, *(len(str(name)) for name in self.fits))
@@ -287,7 +291,16 @@ def weak_error_exponent(
         errors[name], stderrs[name] = _weak_errors(label, ref, approx)
         resolved[name] = errors[name] > _RESOLVED * stderrs[name]
         fits[name] = _fit(lrs, errors[name], resolved[name], confidence)
-    return WeakErrorTable(lrs, errors, stderrs, resolved, fits, float(confidence))
+    return WeakErrorTable(
+        lrs,
+        errors,
+        stderrs,
+        resolved,
+        fits,
+        float(confidence),
+        reference=list(reference),
+        approximations={name: list(v) for name, v in approximations.items()},
+    )
 
 
 def _check_lrs(lrs) -> np.ndarray:
