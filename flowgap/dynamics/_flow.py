@@ -7,22 +7,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._checks import is_concrete, positive_int, positive_scalar
+from .._checks import positive_int, positive_scalar
 from ._common import check_loss, split_model, stacked_model
 from ._field import AbstractField, GradientField
 from ._flat import FlatLayout
+from ._flow_failure import throw_if_failed
 from ._flow_options import (
     check_controller,
     check_progress_meter,
     check_solver,
     check_ts,
     choose_adjoint,
+    non_smooth_defaults,
     rk_evaluations,
 )
-from ._noise import AbstractNoise
+from ._noise import AbstractNoise, sde_defaults
 from ._objective import Objective
 from ._rates import check_rates, restrict_rates
-from ._results import RESULTS, SolverError
+from ._results import RESULTS
 from ._stopping import check_stop_condition
 from ._trajectory import Trajectory
 
@@ -254,14 +256,19 @@ def gradient_flow(
       descent trajectory's `ts`. Default: 0 and t1.
     - `field`: the vector field (default `GradientField(rates)`).
     - `solver`: a Diffrax solver (default `Tsit5()`; `Dopri8()` for tight
-      tolerances, `Kvaerno5()` when stiff).
+      tolerances, `Kvaerno5()` when stiff). For a model with kinks (ReLU, |·|,
+      max, …: `flowgap.models.non_smooth`) the default is `Heun()`: a
+      high-order solver stalls where the flow slides along a kink (docs:
+      non-smooth).
     - `stepsize_controller`: a Diffrax controller. Default
       `PIDController(rtol, atol, pcoeff=0.3, icoeff=0.3)`: one of Diffrax's
       suggestions for mildly stiff problems, since long gradient flows are
       stability-limited (an explicit solver's step hovers near its stability
       bound), where plain I-control rejects many more steps.
     - `rtol`, `atol`: shortcuts for the default controller's tolerances
-      (default 1e-8, 1e-10; traced). Not allowed with `stepsize_controller`.
+      (default 1e-8, 1e-10; for a model with kinks 1e-3, 1e-5, a relative
+      parameter error of a few 1e-4 on benchmarks/bench_relu.py; traced). Not
+      allowed with `stepsize_controller`.
     - `adjoint`: how the solve is differentiated. Default (None):
       `diffrax.RecursiveCheckpointAdjoint()` in reverse mode, switched to
       `diffrax.ForwardMode()` when the call is under `jax.jvp`/`jax.jacfwd`
@@ -317,9 +324,12 @@ def gradient_flow(
         dt0 = positive_scalar("dt0", dt0).astype(dtype)
     stop_when = check_stop_condition(stop_when)
     if noise is not None:
-        solver, stepsize_controller, brownian_tol = _sde_defaults(
+        solver, stepsize_controller, brownian_tol = sde_defaults(
             noise, solver, stepsize_controller, rtol, atol, dt0, t1, brownian_tol
         )
+    solver, rtol, atol = non_smooth_defaults(
+        model, solver, stepsize_controller, rtol, atol
+    )
     solver = check_solver(solver)
     controller = check_controller(stepsize_controller, rtol, atol, dt0, dtype)
     flat_rates = _flat_rates(field, model, params, layout)
@@ -332,58 +342,5 @@ def gradient_flow(
     options = (solver, controller, adjoint, stop_when, max_steps, dt0, meter, dense)
     traj = _solve(field, objective, y0, t1, ts, options, noise, brownian_tol)
     if throw:
-        traj = _throw_if_failed(traj, t1, controller, max_steps, solver)
+        traj = throw_if_failed(traj, t1, controller, max_steps, solver)
     return traj
-
-
-def _sde_defaults(noise, solver, controller, rtol, atol, dt0, t1, brownian_tol):
-    """Euler–Maruyama at the constant step `dt0` unless told otherwise, and the
-    Brownian tree's tolerance."""
-    if not isinstance(noise, AbstractNoise):
-        raise TypeError(
-            "`noise` must be a flowgap.dynamics.AbstractNoise (e.g. MinibatchNoise), "
-            f"got {type(noise).__name__}."
-        )
-    if controller is None and rtol is None and atol is None:
-        if dt0 is None:
-            raise ValueError(
-                "a flow with `noise` runs Euler–Maruyama at a constant step by "
-                "default: give `dt0` (or an adaptive `stepsize_controller` with an "
-                "SDE solver that estimates its error)."
-            )
-        controller = diffrax.ConstantStepSize()
-    solver = diffrax.Euler() if solver is None else solver
-    if brownian_tol is None:
-        brownian_tol = dt0 / 16 if dt0 is not None else t1 * 2.0**-20
-    return solver, controller, positive_scalar("brownian_tol", brownian_tol)
-
-
-def _failure_message(traj: Trajectory, t1, controller, max_steps, solver) -> str:
-    if isinstance(controller, diffrax.PIDController):
-        now = f"(now {float(controller.rtol):.3g}/{float(controller.atol):.3g})"
-    else:
-        now = f"(now {type(controller).__name__})"
-    return (
-        f"gradient flow stopped at t = {float(traj.stop_time):.6g} of t1 = "
-        f"{float(t1):.6g}: {RESULTS[traj.result]} Options: raise `max_steps` (now "
-        f"{max_steps}), loosen `rtol`/`atol` {now}, or a stiff solver such as "
-        f"`diffrax.Kvaerno5()` (now {type(solver).__name__}). The partial "
-        "trajectory is on `err.trajectory`."
-    )
-
-
-def _throw_if_failed(traj, t1, controller, max_steps, solver):
-    failed = ~traj.successful
-    if is_concrete(traj.loss) and jnp.ndim(traj.stop_time) == 0:
-        if bool(failed):
-            raise SolverError(
-                _failure_message(traj, t1, controller, max_steps, solver), traj
-            )
-        return traj
-    checked = eqx.error_if(
-        traj.loss,
-        failed,
-        "gradient flow failed; raise max_steps, loosen rtol/atol, or try a stiff "
-        "solver such as diffrax.Kvaerno5().",
-    )
-    return eqx.tree_at(lambda t: t.loss, traj, checked)

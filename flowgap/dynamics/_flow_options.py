@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import is_concrete, positive_scalar
+from ..models import non_smooth
 
 DEFAULT_RTOL = 1e-8
 DEFAULT_ATOL = 1e-10
@@ -16,6 +17,27 @@ DEFAULT_ATOL = 1e-10
 # plateau problem of benchmarks/bench_core.py).
 DEFAULT_PCOEFF = 0.3
 DEFAULT_ICOEFF = 0.3
+# A model with kinks (`flowgap.models.non_smooth`): its flow slides along the
+# surfaces where a unit's input changes sign, where an adaptive solver's step
+# shrinks to the tolerance whatever its order. Heun (order 2, with Euler as its
+# error estimate) at rtol 1e-3 reaches t1 in a few hundred steps with a relative
+# parameter error of a few 1e-4 (benchmarks/bench_relu.py; docs: non-smooth).
+NON_SMOOTH_RTOL = 1e-3
+NON_SMOOTH_ATOL = 1e-5
+
+
+def non_smooth_defaults(model, solver, stepsize_controller, rtol, atol):
+    """(solver, rtol, atol) with the defaults for `model`: for a model with kinks
+    (`flowgap.models.non_smooth(model)` non-empty), `diffrax.Heun()` and, with no
+    `stepsize_controller`, rtol 1e-3 and atol 1e-5, each only where the caller gave
+    none; any other model's arguments are returned as they are."""
+    if not non_smooth(model):
+        return solver, rtol, atol
+    solver = diffrax.Heun() if solver is None else solver
+    if stepsize_controller is None:
+        rtol = NON_SMOOTH_RTOL if rtol is None else rtol
+        atol = NON_SMOOTH_ATOL if atol is None else atol
+    return solver, rtol, atol
 
 
 def check_solver(solver):

@@ -4,6 +4,7 @@ hands to Diffrax as a `ControlTerm` (docs: theory/sgd)."""
 
 import abc
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -177,3 +178,25 @@ class MinibatchNoise(AbstractNoise):
             blocks.append(scale * jnp.moveaxis(mixed, 0, 1).reshape(y.shape[0], -1))
         diffusion = jnp.sqrt(self.lr) * jnp.concatenate(blocks, axis=1)
         return jax.vmap(objective.precondition, in_axes=1, out_axes=1)(diffusion)
+
+
+def sde_defaults(noise, solver, controller, rtol, atol, dt0, t1, brownian_tol):
+    """Euler–Maruyama at the constant step `dt0` unless told otherwise, and the
+    Brownian tree's tolerance."""
+    if not isinstance(noise, AbstractNoise):
+        raise TypeError(
+            "`noise` must be a flowgap.dynamics.AbstractNoise (e.g. MinibatchNoise), "
+            f"got {type(noise).__name__}."
+        )
+    if controller is None and rtol is None and atol is None:
+        if dt0 is None:
+            raise ValueError(
+                "a flow with `noise` runs Euler–Maruyama at a constant step by "
+                "default: give `dt0` (or an adaptive `stepsize_controller` with an "
+                "SDE solver that estimates its error)."
+            )
+        controller = diffrax.ConstantStepSize()
+    solver = diffrax.Euler() if solver is None else solver
+    if brownian_tol is None:
+        brownian_tol = dt0 / 16 if dt0 is not None else t1 * 2.0**-20
+    return solver, controller, positive_scalar("brownian_tol", brownian_tol)

@@ -25,5 +25,8 @@ from ._protocol import (
 from ._protocol import (
     model_method as model_method,
 )
+from ._protocol import (
+    non_smooth as non_smooth,
+)
 from ._two_layer import TwoLayer as TwoLayer
 from ._weight_norm import WeightNorm as WeightNorm

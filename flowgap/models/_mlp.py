@@ -5,7 +5,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
-from ._activations import POSITIVELY_HOMOGENEOUS, activation_fn
+from ._activations import KINKED, POSITIVELY_HOMOGENEOUS, activation_fn
 from ._laws import direction_norms_law, rescaling_law
 from ._weight_norm import WeightNorm
 
@@ -47,7 +47,9 @@ class MLP(eqx.Module):
     - `in_dim`, `width`, `out_dim`: input size, hidden width, output size.
     - `depth`: number of hidden layers (≥ 1); there are `depth + 1` linear layers.
     - `activation`: a name from `flowgap.models.ACTIVATIONS`; smooth ones (tanh,
-      gelu, softplus, silu, sigmoid) for curvature studies.
+      gelu, softplus, silu, sigmoid) for curvature studies. With a kink (relu,
+      leaky_relu) the net is non-smooth, and `gradient_flow` solves it with
+      its non-smooth defaults (docs: non-smooth).
     - `weight_norm`: wrap every layer in `WeightNorm` (static).
     - `scale`: multiplier on the default init (may be traced).
     - `key`: PRNG key.
@@ -108,3 +110,7 @@ class MLP(eqx.Module):
     def layer_blocks(self) -> tuple:
         """Each layer (weight and bias; gain and direction with weight norm)."""
         return tuple(lambda m, i=i: m.layers[i] for i in range(len(self.layers)))
+
+    def non_smooth(self) -> tuple[str, ...]:
+        """(σ,) for an activation with a kink (relu, leaky_relu), else ()."""
+        return (self.activation,) if self.activation in KINKED else ()

@@ -62,17 +62,31 @@ switched on along the rank-one direction that adds size·left·rightᵀ to σ'(0
 zero. flowgap: `TwoLayer` with σ(0) = 0 < σ'(0) (linear, tanh), `DeepLinear` with
 a hidden layer.
 
+**`non_smooth(self) -> tuple[str, ...]`.** The names of the model's kinks:
+functions in f(θ, x) whose derivative jumps (ReLU, leaky ReLU, |·|, max, hard
+tanh, …), so that ∇L jumps wherever a unit's input crosses one and the gradient
+flow is non-smooth; () for a model smooth in θ. Used through `non_smooth` (below)
+by `flowgap.gradient_flow`, whose defaults for a non-smooth model are
+`diffrax.Heun()` at rtol 1e-3, atol 1e-5 (docs: non-smooth), and by its
+`SolverError` advice. flowgap: `MLP`, `TwoLayer`. A model without the method is
+looked at
+generically instead: see `non_smooth`.
+
 **Models flowgap cannot edit.** `eqx.nn.MLP` gets `known_invariants` (the
 per-unit rescaling laws ‖incoming‖² − ‖outgoing‖² when its hidden activation is
 positively homogeneous) and `layer_blocks` from an adapter registered here; the
-adapter is used only when the class itself defines no such method.
+adapter is used only when the class itself defines no such method. Its kinks
+(an `activation` or `final_activation` such as `jax.nn.relu`) are found by
+`non_smooth`'s look at function-valued fields, as any module's are.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import equinox as eqx
 
+from ._activations import kink_name
 from ._equinox import EQX_MLP_METHODS
 
 #: The protocol's method names, with what each gives.
@@ -83,6 +97,7 @@ PROTOCOL = {
     "layer_blocks": "selectors of the layers, for layer-wise descent",
     "saddle_units": "(units, σ'(0), (k, d)) for saddle_skip",
     "add_unit": "a unit switched on along a rank-one direction, for saddle_skip",
+    "non_smooth": "the names of the model's kinks (relu, abs, …), () if smooth",
 }
 
 _ADAPTERS = {eqx.nn.MLP: EQX_MLP_METHODS}
@@ -107,6 +122,53 @@ def model_method(model, name: str) -> Callable | None:
         if adapted is not None:
             return functools.partial(adapted, model)
     return None
+
+
+def _fields(node) -> list:
+    """The values inside one node of a model: a module's fields (static ones
+    included), a sequence's items, a dict's values."""
+    if isinstance(node, eqx.Module):
+        return [getattr(node, f.name, None) for f in dataclasses.fields(node)]
+    if isinstance(node, list | tuple):
+        return list(node)
+    if isinstance(node, dict):
+        return list(node.values())
+    return []
+
+
+def non_smooth(model) -> tuple[str, ...]:
+    """The names of `model`'s kinks, in order of first appearance; () if none
+    are known.
+
+    The model's own `non_smooth()` method when its class defines one (the
+    model protocol; it may also declare a model smooth, returning ()). Otherwise
+    a look at every function-valued field of the model and of the modules,
+    tuples, lists and dicts inside it, static fields included, for a function
+    with a kink, by identity (`jax.nn.relu`, `jax.nn.leaky_relu`, `jnp.abs`,
+    `jax.nn.hard_tanh`, `lax.max`, … or a `functools.partial` of one): this finds
+    an `eqx.nn.MLP`'s `activation`, an `eqx.nn.Lambda(jax.nn.relu)` or an
+    `eqx.nn.MaxPool2d`. A kink applied in `__call__` and held in no field is not
+    seen; declare it with the method.
+
+    A kink makes ∇L jump where a unit's input changes sign, and the flow may then
+    slide along such a boundary, where an adaptive high-order solver shrinks its
+    step to the tolerance; `flowgap.gradient_flow` picks other defaults for such
+    a model (docs: non-smooth).
+    """
+    method = model_method(model, "non_smooth")
+    if method is not None:
+        return tuple(method())
+    found, seen, stack = [], {}, [model]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node  # held, so its id is not reused during the walk
+        name = None if isinstance(node, eqx.Module) else kink_name(node)
+        if name is not None and name not in found:
+            found.append(name)
+        stack.extend(reversed(_fields(node)))
+    return tuple(found)
 
 
 def class_path(model) -> str:

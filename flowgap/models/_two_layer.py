@@ -5,7 +5,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
-from ._activations import POSITIVELY_HOMOGENEOUS, activation_fn, slope_at_zero
+from ._activations import (
+    KINKED,
+    POSITIVELY_HOMOGENEOUS,
+    activation_fn,
+    slope_at_zero,
+)
 from ._laws import balancedness_law, rescaling_law
 
 
@@ -96,6 +101,10 @@ class TwoLayer(eqx.Module):
     def layer_blocks(self) -> tuple:
         """(W₁, W₂)."""
         return (lambda m: m.w1, lambda m: m.w2)
+
+    def non_smooth(self) -> tuple[str, ...]:
+        """(σ,) for an activation with a kink (relu, leaky_relu), else ()."""
+        return (self.activation,) if self.activation in KINKED else ()
 
     def saddle_units(self) -> tuple[int, float, tuple[int, int]]:
         """(width, σ'(0), (out_dim, in_dim)); unit i is (W₁[i], W₂[:, i])."""
