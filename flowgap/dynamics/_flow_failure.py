@@ -95,6 +95,12 @@ def throw_if_failed(traj, t1, controller, max_steps, solver):
         traj.loss,
         failed,
         "gradient flow failed; raise max_steps, loosen rtol/atol, or try a stiff "
-        "solver such as diffrax.Kvaerno5().",
+        "solver such as diffrax.Kvaerno5()."
+        # the model's kinks are structure, known under jit too
+        + (
+            f" The model is non-smooth: try {_NON_SMOOTH_SETTINGS}."
+            if non_smooth(traj.final)
+            else ""
+        ),
     )
     return eqx.tree_at(lambda t: t.loss, traj, checked)
