@@ -8,24 +8,87 @@
     flowgap sweep --resume RUN_DIR
 
 Bad input prints one line and exits with code 2 (`--debug` shows the traceback).
-SIGINT and SIGTERM stop a sweep between chunks, keep what is finished, print how
-to resume and exit with 128 + the signal number.
+SIGINT and SIGTERM stop a run at once (its folder keeps `settings.json` and a
+`status.json` saying "interrupted"), and stop a sweep between chunks, keeping what
+is finished and printing how to resume; either way one line names what was
+written, and the exit code is 128 + the signal number.
+
+`flowgap --help`, `flowgap run --help` and `flowgap list` import neither JAX nor
+the jobs: the job names and summaries are read from the job modules' source.
 """
 
 import argparse
+import ast
+import functools
 import os
+import pathlib
+import re
 import signal
 import sys
+import threading
+import tokenize
 import traceback
+
+# The job listed first, as in `flowgap.experiments.EXPERIMENTS`.
+_HEADLINE = "step-vs-flow"
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; an epilog computed only when the help is printed (the
+    settings of a job need its module, and so JAX)."""
+
+    def __init__(self, *args, epilog_from=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+
+    def format_help(self):
+        if self._epilog_from is not None:
+            self.epilog, self._epilog_from = self._epilog_from(), None
+        return super().format_help()
+
     def error(self, message):  # one line, exit 2 (argparse's default prints usage)
         raise _UsageError(message)
 
 
 class _UsageError(Exception):
     pass
+
+
+@functools.cache
+def _jobs() -> dict[str, str]:
+    """Job name → summary, read without importing anything: a job is a module of
+    `flowgap/experiments` with a top-level `NAME = "..."`, and its summary is the
+    first line of its docstring (the registry's rule; tests check they agree).
+    Only the docstring and that line are parsed (a few ms for every job)."""
+    folder = pathlib.Path(__file__).parent / "experiments"
+    jobs = {}
+    for path in sorted(folder.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        name = re.search(r"^NAME\s*=\s*(.+?)\s*(#.*)?$", source, re.MULTILINE)
+        if name is None:
+            continue
+        try:
+            jobs[ast.literal_eval(name.group(1))] = _summary(source)
+        except (ValueError, SyntaxError):
+            continue  # not a literal NAME: tests see it missing from the listing
+    return dict(sorted(jobs.items(), key=lambda item: (item[0] != _HEADLINE, item[0])))
+
+
+def _listing() -> list[str]:
+    """`flowgap list`: one line per job, its name and its summary."""
+    return [f"{name:<18} {text.split(': ', 1)[-1]}" for name, text in _jobs().items()]
+
+
+def _summary(source: str) -> str:
+    """The first line of the module docstring of `source` (its first token)."""
+    lines = iter(source.splitlines(keepends=True))
+    for token in tokenize.generate_tokens(lambda: next(lines, "")):
+        if token.type == tokenize.STRING:
+            doc = ast.literal_eval(token.string)
+            return (doc.strip().splitlines() or [""])[0]
+        if token.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+            break
+    return ""
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -35,15 +98,31 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .experiments import EXPERIMENTS
+def _job_epilog(name: str):
+    def epilog() -> str:
+        from .experiments import EXPERIMENTS
 
+        experiment = EXPERIMENTS[name]
+        return (
+            "settings (--set key=value; defaults shown):\n"
+            + "\n".join("  " + s.describe() for s in experiment.settings)
+            + "\n\n--quick uses: "
+            + ", ".join(f"{k}={v}" for k, v in experiment.quick.items())
+        )
+
+    return epilog
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flowgap",
         description=(
             "Gradient descent vs the exact gradient flow of the same model, on one "
             "clock t = k·lr."
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="experiments (flowgap run NAME --help for its settings):\n"
+        + "\n".join(f"  {line}" for line in _listing()),
     )
     commands = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser
@@ -51,16 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the experiments")
     run = commands.add_parser("run", help="run an experiment (flowgap run NAME --help)")
     names = run.add_subparsers(dest="name", required=True, parser_class=_Parser)
-    for experiment in EXPERIMENTS.values():
+    for name, summary in _jobs().items():
         sub = names.add_parser(
-            experiment.name,
-            help=experiment.summary,
-            description=experiment.summary,
+            name,
+            help=summary,
+            description=summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="settings (--set key=value; defaults shown):\n"
-            + "\n".join("  " + s.describe() for s in experiment.settings)
-            + "\n\n--quick uses: "
-            + ", ".join(f"{k}={v}" for k, v in experiment.quick.items()),
+            epilog_from=_job_epilog(name),
         )
         sub.add_argument(
             "--quick", action="store_true", help="tiny settings, for tests"
@@ -86,18 +162,23 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--no-progress", action="store_true", help="hide progress bars"
         )
-    sweep = _sweep_parser(commands, EXPERIMENTS)
+    sweep = _sweep_parser(commands)
     for p in (parser, run, sweep, *names.choices.values()):
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
 
 
-def _sweep_parser(commands, experiments):
-    sweepable = {e.name: e for e in experiments.values() if e.sweep is not None}
-    lines = [
+def _sweep_epilog() -> str:
+    from .experiments import EXPERIMENTS
+
+    return "sweepable experiments:\n" + "\n".join(
         f"  {e.name}: axes {', '.join(e.sweep.axes)}; heat map of {e.sweep.metric}"
-        for e in sweepable.values()
-    ]
+        for e in EXPERIMENTS.values()
+        if e.sweep is not None
+    )
+
+
+def _sweep_parser(commands):
     sweep = commands.add_parser(
         "sweep",
         help="sweep an experiment over a grid as one compiled program (resumable)",
@@ -108,7 +189,7 @@ def _sweep_parser(commands, experiments):
             "summary.json and a heat map."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="sweepable experiments:\n" + "\n".join(lines),
+        epilog_from=_sweep_epilog,
     )
     sweep.add_argument("name", nargs="?", help="experiment (omit with --resume)")
     sweep.add_argument(
@@ -200,18 +281,29 @@ def _sweep(args) -> int:
         )
     print(done.table())
     print(
-        f"\nwrote {done.folder}/ (settings.json, sweep.npz, summary.json, figure.png)"
+        f"\nwrote {done.folder}/ (settings.json, sweep.npz, summary.json, figure.png, "
+        "status.json)"
     )
     return 0
 
 
+class _RunInterrupted(KeyboardInterrupt):
+    """A `flowgap run` stopped by a signal; its job thread, unless `finished`, is
+    abandoned."""
+
+    def __init__(self, job, written: list[str], finished: threading.Event, progress):
+        super().__init__("run interrupted")
+        self.job, self.written, self.finished = job, written, finished
+        self.progress = progress
+
+
 def _run(args) -> int:
-    from .experiments import run
+    from .experiments._registry import prepare
 
     overrides = _overrides(args.overrides)
     if args.seed < 0:
         raise _UsageError(f"--seed must be ≥ 0, got {args.seed}")
-    result, folder = run(
+    job = prepare(
         args.name,
         quick=args.quick,
         seed=args.seed,
@@ -219,14 +311,61 @@ def _run(args) -> int:
         overrides=overrides,
         out=args.out,
         force=args.force,
-        progress=not args.no_progress,
     )
-    print(result.table())
-    print(
-        f"\nwrote {folder}/ (settings.json, results.json, results.nc, arrays.npz, "
-        "figure.png)"
-    )
+    outcome, finished = {}, threading.Event()
+
+    def compute():
+        try:
+            outcome["result"] = job.compute(progress=not args.no_progress)
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+        finally:
+            finished.set()
+
+    # XLA holds a thread until its kernel returns, and Python runs signal handlers
+    # in the main thread only: the job computes in a worker thread while the main
+    # thread waits, so SIGINT/SIGTERM are handled at once. (It waits on an Event:
+    # a `Thread.join` cut short by a signal marks the thread stopped on 3.11.)
+    worker = threading.Thread(target=compute, name=f"flowgap run {args.name}")
+    worker.daemon = True
+    try:
+        job.begin()
+        worker.start()
+        while not finished.wait(0.2):
+            pass
+        if isinstance(outcome.get("error"), KeyboardInterrupt):
+            raise outcome["error"]
+    except KeyboardInterrupt as stop:
+        _ignore_signals()  # a second Ctrl-C must not cut the report short
+        written = job.interrupt()
+        raise _RunInterrupted(job, written, finished, not args.no_progress) from stop
+    if "error" in outcome:
+        raise outcome["error"]
+    print(outcome["result"].table())
+    print(f"\nwrote {job.folder.path}/ ({', '.join(job.folder.written)})")
     return 0
+
+
+def _interrupted_run(stop: _RunInterrupted) -> str:
+    """The one line saying where the run stopped and exactly what it wrote."""
+    job, folder = stop.job, stop.job.folder.path
+    wrote = (
+        f"wrote {', '.join(f'{folder}/{name}' for name in stop.written)}"
+        if stop.written
+        else "nothing was written"
+    )
+    name = job.experiment.name
+    if job.stage in ("complete", "failed"):
+        return f"flowgap: interrupted after {name} ended ({job.stage}); {wrote}"
+    if job.stage == "saving":
+        return (
+            f"flowgap: interrupted while saving {name}'s results; {wrote}; "
+            f"not written: {', '.join(job.unsaved())}"
+        )
+    return (
+        f"flowgap: interrupted while {name} was {job.stage}; {wrote} "
+        "(this job keeps no partial results: rerun it to get them)"
+    )
 
 
 class _Stopped(KeyboardInterrupt):
@@ -237,69 +376,82 @@ def _on_sigterm(signum, frame):
     raise _Stopped
 
 
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
+    """The `flowgap` command: `main()` is the program (`sys.argv`), `main(argv)`
+    the same from Python. An interrupted `flowgap run` whose job is still inside
+    an XLA computation cannot wait for it: the program ends the process at once
+    (`os._exit`, after the report is written and flushed); `main(argv)` returns
+    the exit code and leaves the job's daemon thread to finish unheard."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    previous = _catch_sigterm()
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGINT keeps its handler (KeyboardInterrupt, or ignored under nohup); both
+    # are restored on return, since an interrupted run ignores further signals
+    previous = {
+        signal.SIGINT: signal.getsignal(signal.SIGINT) if main_thread else None,
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)
+        if main_thread
+        else None,
+    }
     try:
-        return _main(argv, debug)
+        code, abandoned = _main(argv, debug)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+    if program and abandoned is not None and not abandoned.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
-def _catch_sigterm():
-    """Install the SIGTERM handler (only the main thread may); returns the old one."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _main(argv, debug) -> int:
+def _main(argv, debug) -> tuple[int, threading.Event | None]:
     # The CLI only writes figures to files, so it picks the file backend (unless
     # the user chose one); library code never chooses a backend.
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from .experiments import EXPERIMENTS, SettingError
-    from .experiments._output import OutputError
-    from .sweeps import SweepInterrupted
-
     try:
         args = _parser().parse_args(argv)
         if args.command == "list":
-            for experiment in EXPERIMENTS.values():
-                summary = experiment.summary.split(": ", 1)[-1]
-                print(f"{experiment.name:<18} {summary}")
-            return 0
-        return _sweep(args) if args.command == "sweep" else _run(args)
-    except (_UsageError, SettingError, OutputError, ValueError, TypeError) as err:
+            print("\n".join(_listing()))
+            return 0, None
+        return (_sweep(args) if args.command == "sweep" else _run(args)), None
+    except (_UsageError, ValueError, TypeError) as err:  # SettingError, OutputError
         if debug:
             traceback.print_exc()
         print(f"flowgap: error: {err}", file=sys.stderr)
-        return 2
+        return 2, None
     except KeyboardInterrupt as stop:
         code = 128 + (signal.SIGTERM if _terminated(stop) else signal.SIGINT)
-        if isinstance(stop, SweepInterrupted) and stop.checkpoint is not None:
-            folder = stop.checkpoint.parent
+        if isinstance(stop, _RunInterrupted):
+            # after a progress bar's last frame, on a line of its own
+            print("\n" * stop.progress + _interrupted_run(stop), file=sys.stderr)
+            return code, stop.finished
+        checkpoint = getattr(stop, "checkpoint", None)  # a SweepInterrupted
+        if checkpoint is not None:
+            folder = checkpoint.parent
             print(
                 f"flowgap: interrupted after {stop.done} of {stop.total} chunks; "
-                f"finished runs are in {folder} (partial.npz); resume with: "
-                f"flowgap sweep --resume {folder}",
+                f"finished runs are in {folder} (partial.npz, status.json); resume "
+                f"with: flowgap sweep --resume {folder}",
                 file=sys.stderr,
             )
         else:
-            print(
-                "flowgap: interrupted; files already written are complete",
-                file=sys.stderr,
-            )
-        return code
+            print("flowgap: interrupted before any result was written", file=sys.stderr)
+        return code, None
     except Exception as err:  # a run failure: one line, the details under --debug
         if debug:
             traceback.print_exc()
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"flowgap: {type(err).__name__}: {first}", file=sys.stderr)
-        return 1
+        return 1, None
 
 
 def _terminated(stop: BaseException) -> bool:

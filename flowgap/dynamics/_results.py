@@ -1,6 +1,12 @@
+import collections
+
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from .._checks import is_concrete
 
 
 class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -9,11 +15,74 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     `successful` and `event_occurred` (a `stop_when` condition fired) are normal
     ends; everything else is a failure. Inherited: `max_steps_reached`,
     `dt_min_reached`, `max_steps_rejected`, `internal_error`.
+
+    An item prints as its name, `RESULTS.successful` (Equinox prints the message,
+    which is empty for success); a batched one (under `jax.vmap`) as the names,
+    `RESULTS[successful, diverged]`, or their counts when there are many.
+    `RESULTS[item]` is still the message.
     """
 
     diverged = (
         "Gradient descent diverged: the loss became non-finite or exceeded `max_loss`."
     )
+
+
+class _Status(type(diffrax.RESULTS.successful)):
+    """A `RESULTS` item that prints its name. Only its repr differs from
+    Equinox's item: same fields, equality, `error_if` and pytree flattening."""
+
+    def __repr__(self):
+        enumeration = self._enumeration.__name__
+        if not is_concrete(self._value):
+            return f"{enumeration}<traced>"
+        names = {
+            int(i._value): name for name, i in self._enumeration._name_to_item.items()
+        }
+        codes = np.asarray(self._value)
+        if codes.ndim == 0:
+            return f"{enumeration}.{names.get(int(codes), int(codes))}"
+        if codes.size <= _LISTED:
+            listed = np.vectorize(lambda c: names.get(int(c), str(c)), otypes=[str])
+            return enumeration + _nested(listed(codes).tolist())
+        counts = collections.Counter(names.get(int(c), str(c)) for c in codes.ravel())
+        shape = "×".join(map(str, codes.shape))
+        tally = ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
+        return f"{enumeration}[{shape}: {tally}]"
+
+
+_LISTED = 10  # a batch of at most this many items prints each name
+
+
+def _nested(names) -> str:
+    if isinstance(names, list):
+        return "[" + ", ".join(_nested(n) for n in names) + "]"
+    return names
+
+
+def _as_status(item):
+    return _Status(item._value, item._enumeration)
+
+
+def _where(cls, pred, a, b):
+    """`a` where the scalar `pred` is true, else `b` (`eqx.Enumeration.where`)."""
+    return _as_status(_EQUINOX_WHERE(cls, pred, a, b))
+
+
+def _promote(cls, item):
+    """`item` of Diffrax's `RESULTS` as an item of this one
+    (`eqx.Enumeration.promote`)."""
+    return _as_status(_EQUINOX_PROMOTE(cls, item))
+
+
+# Every RESULTS item is a `_Status`: the named ones, and those `where` and
+# `promote` build (Equinox's build plain items; its metaclass reserves both names
+# in a class body, so they are rebound here). Transformations keep the class.
+_EQUINOX_WHERE = eqx.Enumeration.__dict__["where"].__func__
+_EQUINOX_PROMOTE = eqx.Enumeration.__dict__["promote"].__func__
+for _name, _item in RESULTS._name_to_item.items():
+    RESULTS._name_to_item[_name] = _as_status(_item)
+RESULTS.where = classmethod(_where)
+RESULTS.promote = classmethod(_promote)
 
 
 class DivergenceError(RuntimeError):

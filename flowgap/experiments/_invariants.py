@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import dynamics, invariants, models, problems
 from ._figure import Panel, Series, shades
-from ._ladder import fit_against_lr, ladder_steps
+from ._ladder import fit_against_lr, ladder_steps, slope_text
 from ._result import ExperimentResult
 from ._settings import Setting
 from ._table import Column
@@ -122,8 +122,7 @@ class InvariantsResult(ExperimentResult):
 
     def notes(self):
         return [
-            f"drift exponent in lr ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
-            "  (expected 1 as η → 0)"
+            f"drift exponent in lr ({model}): {slope_text(fit)}  (expected 1 as η → 0)"
             for model, fit in self.fits.items()
         ]
 

@@ -44,6 +44,18 @@ def fit_against_lr(lrs: Sequence[float], values: Sequence[float] | np.ndarray) -
     return dict(slope=math.nan, intercept=math.nan, stderr=math.nan)
 
 
+def slope_text(fit: dict) -> str:
+    """A fitted slope for a table's notes: `1.033 ± 0.012`; the slope alone when
+    its standard error is undefined (two rates leave no degree of freedom), and
+    "—" without a slope; never `± nan`."""
+    slope, stderr = fit["slope"], fit["stderr"]
+    if not math.isfinite(slope):
+        return "— (needs two positive, finite values)"
+    if not math.isfinite(stderr):
+        return f"{slope:.3f} (two rates: no error bar)"
+    return f"{slope:.3f} ± {stderr:.3f}"
+
+
 def label_lrs(ax, data) -> None:
     """A `Panel.draw` for a log learning-rate axis: a labelled tick at each rate
     of the ladder (`data["lrs"]`) and unlabelled minor ticks, so a ladder under a

@@ -4,12 +4,19 @@ import dataclasses
 import importlib
 import pathlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 
 from ..sweeps._io import write_npz
-from ._output import make_folder, run_folder, save_figure, write_json, write_netcdf
+from ._output import (
+    FolderClosed,
+    RunFolder,
+    figure_bytes,
+    make_folder,
+    netcdf_bytes,
+    run_folder,
+)
 from ._settings import Setting, SettingError, resolve
 from ._sweepable import Sweepable
 
@@ -93,6 +100,120 @@ def output_folder(name: str, out, force: bool) -> pathlib.Path:
     return make_folder(run_folder(name, out, force))
 
 
+@dataclasses.dataclass
+class Job:
+    """One prepared run of an experiment: settings resolved and checked, output
+    folder created (None when not saving), nothing computed or written yet.
+
+    `begin()` writes `settings.json` and `status.json` (`"running"`);
+    `compute()` runs the experiment and writes its results, then `status.json`
+    (`"complete"`, or `"failed"` with the error); `interrupt()` stops the writing
+    and records `"interrupted"`. The command line calls `compute()` in a worker
+    thread so that a signal is handled at once even while XLA computes.
+    """
+
+    experiment: Experiment
+    settings: Mapping
+    seed: int
+    meta: dict
+    folder: RunFolder | None
+    stage: str = "starting"  # then "computing", "saving", "complete", "failed"
+
+    def begin(self) -> None:
+        from importlib.metadata import version
+
+        if self.folder is None:
+            return
+        self.folder.write_json(
+            "settings.json",
+            dict(
+                experiment=self.experiment.name,
+                flowgap=version("flowgap"),
+                **self.meta,
+                settings=self.settings,
+            ),
+        )
+        self.folder.write_json("status.json", dict(state="running"))
+
+    def compute(self, progress: bool = True):
+        """Run the experiment and save its folder. **Returns:** the result."""
+        self.stage = "computing"
+        try:
+            result = self.experiment.run(
+                self.settings, seed=self.seed, progress=progress
+            )
+            if self.folder is not None:
+                self.stage = "saving"
+                _save(self.folder, result)
+                self.folder.write_json(
+                    "status.json", dict(state="complete"), then=self._completed
+                )
+        except FolderClosed:
+            raise
+        except Exception as err:
+            self.stage = "failed"
+            if self.folder is not None:
+                error = type(err).__name__
+                if str(err):
+                    error += f": {str(err).splitlines()[0]}"
+                status = dict(state="failed", error=error)
+                self.folder.close(lambda: ("status.json", status))
+            raise
+        self._completed()
+        return result
+
+    def _completed(self) -> None:
+        self.stage = "complete"
+
+    def unsaved(self) -> list[str]:
+        """The result files not (yet) written."""
+        written = [] if self.folder is None else self.folder.written
+        return [name for name in RESULT_FILES if name not in written]
+
+    def interrupt(self) -> list[str]:
+        """Stop writing (after the file in progress) and record the interruption
+        in `status.json`, unless the run had already finished. **Returns:** the
+        files this run wrote, in order."""
+        if self.folder is None:
+            return []
+
+        def status():  # decided under the folder's lock: the stage is final
+            if self.stage in ("complete", "failed"):
+                return None
+            files = [name for name in self.folder.written if name != "status.json"]
+            # the jobs compute their results in one piece: none is partial
+            return "status.json", dict(
+                state="interrupted",
+                stage=self.stage,
+                partial_results=False,
+                files=files,
+            )
+
+        return self.folder.close(status)
+
+
+def prepare(
+    name: str,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    dtype: str = "float64",
+    overrides: dict | None = None,
+    out=None,
+    force: bool = False,
+    save: bool = True,
+) -> Job:
+    """The checks and the folder `run` starts with, before any computing (so a
+    bad setting or `--out` fails in the first second). See `run`."""
+    experiment = get(name)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SettingError(f"`seed` must be a non-negative integer, got {seed!r}")
+    settings = settings_for(experiment, quick=quick, dtype=dtype, overrides=overrides)
+    folder = RunFolder(output_folder(name, out, force)) if save else None
+    meta = dict(seed=seed, dtype=dtype, quick=quick)
+    return Job(experiment, settings, seed, meta, folder)
+
+
 def run(
     name: str,
     *,
@@ -111,34 +232,40 @@ def run(
     `overrides` (strings as from `--set key=value`, or Python values).
 
     **Returns:** `(result, folder)`; `folder` is None when `save=False`. The folder
-    holds `settings.json`, `results.json` (table rows and fits), `arrays.npz`
-    (loadable with `np.load(..., allow_pickle=False)`), `results.nc` (the
-    result's `dataset()`, netCDF) and `figure.png`.
+    holds `settings.json` (written before the computing starts), `results.json`
+    (table rows and fits), `arrays.npz` (loadable with
+    `np.load(..., allow_pickle=False)`), `results.nc` (the result's `dataset()`,
+    netCDF), `figure.png`, and `status.json`: `{"state": "running"}` during the
+    run, then `"complete"`, `"failed"` (with the error) or, after Ctrl-C,
+    `"interrupted"` (with the stage and the files written). JSON files are strict:
+    NaN and ±inf are written as `null`.
     """
-    experiment = get(name)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SettingError(f"`seed` must be a non-negative integer, got {seed!r}")
-    settings = settings_for(experiment, quick=quick, dtype=dtype, overrides=overrides)
-    folder = output_folder(name, out, force) if save else None
-    result = experiment.run(settings, seed=seed, progress=progress)
-    if folder is not None:
-        _save(folder, experiment, result, dict(seed=seed, dtype=dtype, quick=quick))
-    return result, folder
-
-
-def _save(folder: pathlib.Path, experiment: Experiment, result, meta: dict) -> None:
-    from importlib.metadata import version
-
-    write_json(
-        folder / "settings.json",
-        dict(
-            experiment=experiment.name,
-            flowgap=version("flowgap"),
-            **meta,
-            settings=result.settings,
-        ),
+    job = prepare(
+        name,
+        quick=quick,
+        seed=seed,
+        dtype=dtype,
+        overrides=overrides,
+        out=out,
+        force=force,
+        save=save,
     )
-    write_json(folder / "results.json", dict(rows=result.rows, fits=result.fits))
-    write_npz(folder / "arrays.npz", result.curves)
-    write_netcdf(folder / "results.nc", result.dataset())
-    save_figure(folder / "figure.png", result.figure())
+    try:
+        job.begin()
+        result = job.compute(progress)
+    except KeyboardInterrupt:
+        job.interrupt()
+        raise
+    return result, None if job.folder is None else job.folder.path
+
+
+RESULT_FILES = ("results.json", "arrays.npz", "results.nc", "figure.png")
+
+
+def _save(folder: RunFolder, result) -> None:
+    """The result's files; each one's contents are prepared before it is written,
+    so an interrupt waits for a file write at most."""
+    folder.write_json("results.json", dict(rows=result.rows, fits=result.fits))
+    folder.write("arrays.npz", lambda path: write_npz(path, result.curves))
+    folder.write_bytes("results.nc", netcdf_bytes(result.dataset()))
+    folder.write_bytes("figure.png", figure_bytes(result.figure()))

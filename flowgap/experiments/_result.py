@@ -3,7 +3,6 @@ table and a figure by shared code from the experiment's column and panel specs,
 and labelled as an `xarray.Dataset`."""
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -11,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._figure import Panel, render_figure
+from ._output import json_text
 from ._table import Column, render_table
 
 
@@ -89,9 +89,9 @@ class ExperimentResult:
             array = np.asarray(value)
             dims = [f"{name}:{i}" for i in range(array.ndim)]
             variables[name] = xr.Variable(dims, array)
-        attrs = dict(
-            settings=json.dumps(dict(self.settings), default=_jsonable),
-            fits=json.dumps(self.fits, default=_jsonable),
+        attrs = dict(  # strict JSON: NaN and ±inf are null
+            settings=json_text(dict(self.settings), indent=None),
+            fits=json_text(self.fits, indent=None),
         )
         return xr.Dataset(variables, attrs=attrs)
 
@@ -127,11 +127,3 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float | np.number) or (
         hasattr(value, "__float__") and np.ndim(value) == 0
     )
-
-
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, np.generic | np.ndarray) or hasattr(value, "__array__"):
-        return np.asarray(value).tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import dynamics, models, problems
 from ._figure import Panel, Series, shades
-from ._ladder import fit_against_lr, label_lrs, ladder_steps, tone
+from ._ladder import fit_against_lr, label_lrs, ladder_steps, slope_text, tone
 from ._result import ExperimentResult
 from ._settings import Setting, SettingError
 from ._sweepable import Sweepable
@@ -168,7 +168,7 @@ class StepVsFlowResult(ExperimentResult):
 
     def notes(self):
         return [
-            f"gap exponent ({model}): {fit['slope']:.3f} ± {fit['stderr']:.3f}"
+            f"gap exponent ({model}): {slope_text(fit)}"
             "  (GD = explicit Euler of GF: expected 1)"
             for model, fit in self.fits.items()
         ]

@@ -28,6 +28,31 @@ class DriftReport:
     taylor: np.ndarray
     leading: np.ndarray
 
+    def __repr__(self) -> str:
+        """A summary; the arrays are the fields."""
+        measured = np.abs(np.asarray(self.measured, dtype=float))
+        size = f"{measured.shape[0]} saves, Q with {_components(self)} component(s)"
+        if measured.size == 0:
+            return f"DriftReport({size})"
+        k = int(np.unravel_index(np.argmax(measured), measured.shape)[0])
+        leading = float(np.max(np.abs(self.leading)))
+        taylor = float(np.max(np.abs(np.asarray(self.measured) - self.taylor)))
+        top, bottom = np.max(measured[-1]), np.max(np.abs(self.leading[-1]))
+        end = f"{top / bottom:.4f}" if bottom > 0 else "—"
+        return (
+            f"DriftReport({size}, t = {self.ts[0]:.4g} … {self.ts[-1]:.4g}:\n"
+            f"  max |measured| = {measured.max():.3e} at t = {self.ts[k]:.4g}\n"
+            f"  max |leading|  = {leading:.3e}; measured/leading at the end "
+            f"{end}\n"
+            f"  max |measured − taylor| = {taylor:.3e}\n"
+            "  fields: ts, measured, taylor, leading)"
+        )
+
+
+def _components(report: DriftReport) -> int:
+    shape = np.shape(report.measured)
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
 
 def _every_step(trajectory, lr):
     ts = np.asarray(trajectory.ts)

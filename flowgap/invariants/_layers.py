@@ -6,17 +6,36 @@ from ..models._protocol import class_path
 
 def _declared(model, name: str, flowgap_models: str, inputs=None, ratio=1.0):
     """The law `name` from `model.known_invariants(inputs, ratio)`, evaluated at
-    `model`."""
+    `model`; `flowgap_models` says which models declare it, for the error."""
+    if isinstance(model, type):
+        raise ValueError(
+            f"`{name}`: its argument `model` must be a model instance, got the class "
+            f"{model.__module__}.{model.__qualname__} itself; build one first."
+        )
     declared = model_method(model, "known_invariants")
     laws = {} if declared is None else declared(inputs, ratio)
     if name not in laws:
         has = ", ".join(laws) or "none"
         raise ValueError(
-            f"`{name}` needs a model whose `known_invariants()` declares {name!r} "
-            f"(in flowgap: {flowgap_models}); got {class_path(model)}, which "
-            f"declares {has}."
+            f"`{name}`: its argument `model` must conserve this law, i.e. its "
+            f"`known_invariants()` must declare {name!r} (in flowgap: "
+            f"{flowgap_models}); got {_described(model)}, which declares {has}."
         )
     return laws[name](model)
+
+
+def _described(model) -> str:
+    """The model's class, and its activation when it has one (the usual reason a
+    network declares no rescaling law)."""
+    activation = getattr(model, "activation", None)
+    if activation is None:
+        return class_path(model)
+    label = activation if isinstance(activation, str) else _function_name(activation)
+    return f"{class_path(model)}(activation={label})"
+
+
+def _function_name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def weight_norm_directions(model) -> Float[Array, " units"]:
@@ -63,6 +82,8 @@ def unit_rescaling(model) -> Float[Array, " units"]:
     return _declared(
         model,
         "unit_rescaling",
-        "a TwoLayer or an MLP without weight norm, or an eqx.nn.MLP, with a "
-        "positively homogeneous activation (linear, relu, leaky_relu)",
+        "a TwoLayer, an MLP without weight norm or an eqx.nn.MLP whose hidden "
+        "activation is positively homogeneous, σ(a·z) = a·σ(z) for a > 0 (linear, "
+        "relu, leaky_relu; not tanh, gelu or softplus), with no trainable "
+        "parameters of its own",
     )
