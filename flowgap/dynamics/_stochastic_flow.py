@@ -1,6 +1,7 @@
 r"""The stochastic modified equations of SGD and label-noise GD, solved by
 Diffrax on the flow engine."""
 
+import jax
 import jax.random as jr
 
 from .._checks import positive_scalar
@@ -65,7 +66,8 @@ def stochastic_flow(
       unbiased estimate; see `MinibatchNoise`), for large n.
     - `solver`: a Diffrax SDE solver (default `diffrax.Euler()`,
       Euler–Maruyama, weak order 1 in `dt0`).
-    - `dt0`: the solver's constant step (default η/10). Euler–Maruyama's weak
+    - `dt0`: the solver's constant step (default η/10, held fixed when
+      differentiating in η). Euler–Maruyama's weak
       error is O(dt0): keep it well below the model's own, O(η) at order 1 and
       O(η²) at order 2, or cancel its leading term by Richardson extrapolation,
       2E[φ]_{dt0/2} − E[φ]_{dt0}, on coupled paths (one `brownian_tol`).
@@ -95,7 +97,9 @@ def stochastic_flow(
         batch_loss, lr, jr.fold_in(batch_loss.batches.key, 1), subset
     )
     field = GradientField(rates) if order == 1 else ModifiedField(lr, 1, rates)
-    dt0 = lr / 10 if dt0 is None else dt0
+    # the default grid is held fixed under d/dη (Diffrax cannot differentiate the
+    # times at which the Brownian path is read): the derivative of the SDE's law
+    dt0 = jax.lax.stop_gradient(lr) / 10 if dt0 is None else dt0
     return gradient_flow(
         batch_loss,
         model,
