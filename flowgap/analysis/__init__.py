@@ -1,6 +1,9 @@
 """Analysis: implicit-bias limits, gap and weak-error exponents, curvature, fits."""
 
 from ._curvature import (
+    LanczosInfo as LanczosInfo,
+)
+from ._curvature import (
     lanczos as lanczos,
 )
 from ._curvature import (

@@ -26,8 +26,8 @@ def check_stability(
     Near θ₀, GD with rates P is θ ← θ − ηP(g + H(θ − θ₀)); in the variables
     φ = P^{-1/2}θ its linear part is I − ηP^{1/2}HP^{1/2}, stable iff
     η·λ_max(P^{1/2}HP^{1/2}) < 2 (Cohen et al.'s 2/η threshold). λ_max comes from
-    Lanczos on Hessian-vector products (min(D, 64) steps from a fixed random
-    start, as `flowgap.analysis.sharpness`); no Hessian is formed.
+    Lanczos with full reorthogonalisation on Hessian-vector products (min(D, 64)
+    steps from a fixed random start); no Hessian is formed.
 
     **Arguments:** `loss`, `model` (the initial model), `lr` (> 0, concrete),
     `rates` and `trainable` (as for `gradient_descent`), `warn` (issue a
