@@ -44,7 +44,13 @@ SETTINGS = (
     Setting(
         "threshold", 0.1, "relative loss gap that counts as departure", positive=True
     ),
-    Setting("iters", 20, "most Lanczos steps per sharpness estimate (it stops on its residual)", "int", minimum=2),
+    Setting(
+        "iters",
+        20,
+        "most Lanczos steps per sharpness estimate (it stops on its residual)",
+        "int",
+        minimum=2,
+    ),
 )
 
 QUICK = dict(lrs=(0.4, 0.1), t1=40.0, saves=20)
