@@ -52,6 +52,7 @@ PROFILE = {
     "saddle-skip": True,
     "sensitivity": True,
     "central-flow": True,
+    "sgd-vs-sde": True,
 }
 
 

@@ -11,8 +11,9 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipy
 
 
 # notebooks whose claims a default-suite test already asserts on the same run
-# (tests/test_central_flow_study.py); they run with `-m slow`
-_COVERED = {"central_flow"}
+# (tests/test_central_flow_study.py, tests/test_sgd_vs_sde_study.py); they run
+# with `-m slow`
+_COVERED = {"central_flow", "sgd_vs_sde"}
 _CASES = [
     pytest.param(p, marks=pytest.mark.slow) if p.stem in _COVERED else p
     for p in NOTEBOOKS
