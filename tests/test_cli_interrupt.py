@@ -22,6 +22,9 @@ def test_interrupted_run_exits_at_once_and_says_what_it_wrote(tmp_path, stop):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a test runner started in the background (no
+        # job control) hands its children SIGINT ignored, which Python keeps
+        preexec_fn=_default_sigint,
     )
     status = folder / "status.json"
     deadline = time.monotonic() + 120
@@ -54,3 +57,7 @@ def test_interrupted_run_exits_at_once_and_says_what_it_wrote(tmp_path, stop):
     assert settings["experiment"] == "step-vs-flow" and settings["settings"]["d"] == 200
     # nothing else, not even a temporary file
     assert sorted(p.name for p in folder.iterdir()) == ["settings.json", "status.json"]
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

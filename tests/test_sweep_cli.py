@@ -99,6 +99,9 @@ def test_killed_sweep_resumes_bit_for_bit(reference, tmp_path, stop, capsys):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a test runner started in the background (no
+        # job control) hands its children SIGINT ignored, which Python keeps
+        preexec_fn=_default_sigint,
     )
     # the child writes `paused` after its first chunk and then waits, so the
     # signal lands mid-sweep however fast the machine is
@@ -169,3 +172,7 @@ def test_netcdf_matches_npz(reference):
             assert np.array_equal(dataset[axis].values, values)
         for name, values in result.values.items():
             assert np.array_equal(dataset[name].values, values, equal_nan=True)
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
