@@ -449,9 +449,18 @@ def _main(argv, debug) -> tuple[int, threading.Event | None]:
     except Exception as err:  # a run failure: one line, the details under --debug
         if debug:
             traceback.print_exc()
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"flowgap: {type(err).__name__}: {first}", file=sys.stderr)
+        print(f"flowgap: {type(err).__name__}: {_message(err)}", file=sys.stderr)
         return 1, None
+
+
+def _message(err: Exception) -> str:
+    """`err`'s message in one line. An error raised inside JIT (equinox's
+    `EquinoxRuntimeError`) carries the stack first and its message after a line
+    `equinox.EquinoxRuntimeError: `, which is the line kept."""
+    lines = str(err).splitlines() or [type(err).__name__]
+    marker = f"{type(err).__name__}: "
+    inner = [line.split(marker, 1)[1] for line in lines if marker in line]
+    return inner[-1] if inner else lines[0]
 
 
 def _terminated(stop: BaseException) -> bool:

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import dynamics
 from .._checks import positive_scalar
-from .._precision import warn_if_unresolved
+from .._precision import attainable_tolerances, params_dtype, warn_if_unresolved
 from ..dynamics._compare import check_same_parameters, trainable_part
 from ._fit import loglog_slope
 
@@ -62,8 +62,8 @@ def gap_exponent(
     orders=(0, 1, 2),
     rates=None,
     solver=None,
-    rtol=1e-13,
-    atol=1e-13,
+    rtol=None,
+    atol=None,
     max_steps: int = 1_000_000,
     confidence: float = 0.95,
     trainable=None,
@@ -74,7 +74,9 @@ def gap_exponent(
     For each η in `lrs` (each must divide T), GD runs T/η steps and the gap
     ‖θ_GD(T) − θ_flow(T)‖ is measured; log gap is fitted against log η. Backward
     error analysis predicts slopes 1, 2, 3. The flows are solved at `rtol`/`atol`
-    (default 1e-13 with Dopri8) so their error stays below the smallest gap.
+    (default 1e-13 with Dopri8) so their error stays below the smallest gap; in
+    a coarser dtype the default is raised to what it can meet (`rtol` = 100·ε,
+    1.2e-5 in float32), so its gaps are resolved only above that.
     `trainable` (a filter as in `eqx.partition`) is passed to every run; the gap
     is measured on those arrays only.
 
@@ -82,6 +84,9 @@ def gap_exponent(
     """
     lrs, t1, steps = _check_ladder(lrs, t1, orders)
     solver = diffrax.Dopri8() if solver is None else solver
+    default = attainable_tolerances(1e-13, 1e-13, params_dtype(model))
+    rtol = default[0] if rtol is None else rtol
+    atol = default[1] if atol is None else atol
     shared = dict(rates=rates, throw=True, trainable=trainable)
     common = dict(
         t1=t1, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, **shared

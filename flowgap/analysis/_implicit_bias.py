@@ -4,6 +4,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import is_concrete, positive_scalar
+from .._precision import attainable_tolerances
 
 
 def _scale_squared(scale, dim: int):
@@ -53,8 +54,8 @@ def woodworth_limit(
     targets: Float[Array, " n"],
     scale: ArrayLike,
     *,
-    rtol: float = 1e-13,
-    atol: float = 1e-13,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 1000,
 ) -> Float[Array, " d"]:
     r"""argmin Q_α(β) subject to Xβ = y, via the convex dual.
@@ -77,7 +78,8 @@ def woodworth_limit(
 
     **Arguments:** `inputs` X (n × d, n < d for a non-trivial bias), `targets` y,
     `scale` α > 0, a scalar or a vector of shape (d,) (traceable either way);
-    solver tolerances.
+    the Newton tolerances (default 1e-13 in float64, 100·ε in a coarser dtype:
+    `flowgap._precision.attainable_tolerances`).
 
     **Returns:** β_∞, shape (d,).
     """
@@ -98,9 +100,11 @@ def woodworth_limit(
     # BFGS (with line search) is robust from ν = 0 where cosh is steep; a Newton
     # polish on ∇Φ then takes the constraint residual to round-off.
     nu0 = jnp.zeros(x.shape[0], x.dtype)
-    nu = optx.minimise(
-        dual_objective, optx.BFGS(rtol=1e-10, atol=1e-10), nu0, max_steps=max_steps
-    ).value
+    bfgs = optx.BFGS(*attainable_tolerances(1e-10, 1e-10, x.dtype))
+    nu = optx.minimise(dual_objective, bfgs, nu0, max_steps=max_steps).value
+    default = attainable_tolerances(1e-13, 1e-13, x.dtype)
+    rtol = default[0] if rtol is None else rtol
+    atol = default[1] if atol is None else atol
     nu = optx.root_find(
         lambda nu, _: x @ beta(nu) - y,
         optx.Newton(rtol=rtol, atol=atol),

@@ -14,6 +14,7 @@ from jaxtyping import Array, PyTree
 
 from .. import dynamics
 from .._checks import positive_int, prng_key
+from .._precision import attainable_tolerances, params_dtype
 from ._gap import _check_ladder
 from ._weak import WeakErrorTable, monte_carlo, weak_error_exponent
 
@@ -89,14 +90,16 @@ class _SDESample(eqx.Module):
 
 
 def _flow_value(loss, model, data, observable, t1):
-    """φ(θ_GF(T)), solved at 1e-12 with Dopri8: exact next to Monte Carlo."""
+    """φ(θ_GF(T)), solved at 1e-12 with Dopri8: exact next to Monte Carlo
+    (in a coarser dtype, at the floor it can meet, 100·ε)."""
+    rtol, atol = attainable_tolerances(1e-12, 1e-12, params_dtype(model))
     traj = dynamics.gradient_flow(
         lambda m: loss(m, data),
         model,
         t1=t1,
         solver=diffrax.Dopri8(),
-        rtol=1e-12,
-        atol=1e-12,
+        rtol=rtol,
+        atol=atol,
         throw=True,
     )
     return observable(traj.final)

@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import is_concrete, positive_scalar
+from .._precision import default_tolerances, warn_if_unattainable
 from ..models import non_smooth
 
-DEFAULT_RTOL = 1e-8
-DEFAULT_ATOL = 1e-10
 # One of Diffrax's suggestions for mildly stiff problems: long gradient flows are
 # stability-limited (the step hovers near 2/λ_max for an explicit solver), where
 # plain I-control (pcoeff 0, icoeff 1) rejects many steps (23% against 5% on the
@@ -53,10 +52,14 @@ def check_controller(stepsize_controller, rtol, atol, dt0, dtype):
     """The step-size controller: `stepsize_controller` as given, or the default
     `PIDController(rtol, atol, pcoeff=0.3, icoeff=0.3)`. Tolerances are cast to
     the parameters' dtype, so a float32 model under x64 does not mix float64 into
-    the controller's state."""
+    the controller's state. The defaults scale with the dtype's ε
+    (`default_tolerances`); a requested rtol below what the dtype can meet gives
+    a `PrecisionWarning`."""
     if stepsize_controller is None:
-        rtol = DEFAULT_RTOL if rtol is None else rtol
-        atol = DEFAULT_ATOL if atol is None else atol
+        default_rtol, default_atol = default_tolerances(dtype)
+        rtol = default_rtol if rtol is None else rtol
+        atol = default_atol if atol is None else atol
+        warn_if_unattainable("rtol", rtol, dtype)
         return diffrax.PIDController(
             rtol=positive_scalar("rtol", rtol).astype(dtype),
             atol=positive_scalar("atol", atol).astype(dtype),
@@ -79,6 +82,7 @@ def check_controller(stepsize_controller, rtol, atol, dt0, dtype):
             "`stepsize_controller=diffrax.ConstantStepSize()` needs the step `dt0`."
         )
     if isinstance(stepsize_controller, diffrax.PIDController):
+        warn_if_unattainable("rtol", stepsize_controller.rtol, dtype)
         stepsize_controller = eqx.tree_at(
             lambda c: (c.rtol, c.atol),
             stepsize_controller,

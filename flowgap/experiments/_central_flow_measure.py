@@ -19,11 +19,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import analysis, dynamics
+from .._precision import attainable_tolerances, params_dtype
 
 # solver tolerances: the flows are compared with GD at distances ≥ 1e-3, so
 # 1e-7 relative error in θ is invisible; the central flow's Lanczos and QP are
 # smooth in θ, so the same controller serves it
-_TOLERANCES = dict(rtol=1e-7, atol=1e-9, max_steps=200_000)
+
+
+def _tolerances(dtype) -> dict:
+    """rtol 1e-7 in float64; a coarser dtype's floor (100·ε) otherwise."""
+    rtol, atol = attainable_tolerances(1e-7, 1e-9, dtype)
+    return dict(rtol=rtol, atol=atol, max_steps=200_000)
 
 
 def sliding_mean(values, width: int) -> np.ndarray:
@@ -87,10 +93,11 @@ class _Flows:
 
     def __init__(self, s, loss, start, lr, ts, keep):
         t1 = float(ts[-1])
+        tolerances = _tolerances(params_dtype(start))
         flows = dict(
-            gf=dynamics.gradient_flow(loss, start, t1=t1, ts=ts, **_TOLERANCES),
+            gf=dynamics.gradient_flow(loss, start, t1=t1, ts=ts, **tolerances),
             mf=dynamics.modified_flow(
-                loss, start, lr=lr, order=1, t1=t1, ts=ts, **_TOLERANCES
+                loss, start, lr=lr, order=1, t1=t1, ts=ts, **tolerances
             ),
             cf=dynamics.central_flow(
                 loss,
@@ -100,7 +107,7 @@ class _Flows:
                 lanczos_steps=s["lanczos_steps"],
                 t1=t1,
                 ts=ts,
-                **_TOLERANCES,
+                **tolerances,
             ),
         )
         self.theta = {n: flat_saves(f.models)[keep] for n, f in flows.items()}

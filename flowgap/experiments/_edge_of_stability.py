@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
+from .._precision import attainable_tolerances, params_dtype
 from ._figure import Line, Panel, Series, shades
 from ._ladder import ladder_steps
 from ._result import ExperimentResult
@@ -166,13 +167,15 @@ def run(settings, *, seed: int, progress: bool = True) -> EdgeOfStabilityResult:
     steps = ladder_steps(s["t1"], s["lrs"], s["saves"])
     problem, model = _setup(s, seed)
     ts = jnp.linspace(0.0, s["t1"], s["saves"] + 1)
+    # 1e-8 in float64; a coarser dtype's floor (100·ε) otherwise
+    rtol, atol = attainable_tolerances(1e-8, 1e-10, params_dtype(model))
     flow = dynamics.gradient_flow(
         problem.loss,
         model,
         t1=s["t1"],
         ts=ts,
-        rtol=1e-8,
-        atol=1e-10,
+        rtol=rtol,
+        atol=atol,
         max_steps=1_000_000,
     )
     curves = {"gf/ts": np.asarray(ts), "gf/loss": np.asarray(flow.loss)}

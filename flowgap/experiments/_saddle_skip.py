@@ -21,6 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import dynamics, models, problems
+from .._draw import normal
+from .._precision import attainable, params_dtype
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
 from ._settings import Config, Setting, SettingError
@@ -71,10 +73,10 @@ def teacher_problem(key, *, n, d, out_dim, singular, decay):
             "setting `singular` needs at most min(d, out_dim) values and `n` ≥ `d`"
         )
     kx, ku, kv = jax.random.split(key, 3)
-    q, _ = jnp.linalg.qr(jax.random.normal(kx, (n, d)))
+    q, _ = jnp.linalg.qr(normal(kx, (n, d)))  # float64 draw, cast
     x = jnp.sqrt(n) * q * jnp.arange(1, d + 1) ** (-decay / 2)
-    u, _ = jnp.linalg.qr(jax.random.normal(ku, (out_dim, out_dim)))
-    v, _ = jnp.linalg.qr(jax.random.normal(kv, (d, d)))
+    u, _ = jnp.linalg.qr(normal(ku, (out_dim, out_dim)))
+    v, _ = jnp.linalg.qr(normal(kv, (d, d)))
     truth = (u[:, :rank] * jnp.asarray(singular)) @ v[:, :rank].T
     return problems.RegressionProblem(x, x @ truth.T, truth)
 
@@ -175,7 +177,9 @@ def run(settings: Config, *, seed: int, progress: bool = True) -> SaddleSkipResu
     )
     init_key = jax.random.key(seed + 1)
     skips, seconds = _skippers(problem, s, init_key)
-    target = float(skips["skip"].final_loss) + s["loss_gap"]
+    # in a coarser dtype the loss is resolved to ~ε·L only: the gap is raised
+    dtype = params_dtype(skips["skip"].final)
+    target = float(skips["skip"].final_loss) + attainable(s["loss_gap"], dtype)
     rows, gd_evals, curves = [], [], {}
     for scale in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
         gd, gd_seconds = _descent(problem, s, scale, init_key, target)
@@ -209,7 +213,7 @@ def _skippers(problem, s, init_key):
                 template,
                 lr=s["lr"],
                 jump=s["jump"],
-                grad_tol=s["grad_tol"],
+                grad_tol=attainable(s["grad_tol"], params_dtype(template)),
                 stage_steps=s["max_steps"],
                 line_search=name == "skip_ls",
             )

@@ -29,6 +29,7 @@ import optax
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
+from .._precision import attainable_loss, attainable_tolerances
 from ._figure import Panel, Series
 from ._result import ExperimentResult
 from ._settings import Config, Setting, SettingError
@@ -93,14 +94,18 @@ def _richardson(derivs, lrs):
 def _unrolled(problem, s, alpha):
     d = s["d"]
 
+    # 1e-12 in float64; a coarser dtype's floor (100·ε) otherwise
+    dtype = jnp.result_type(float)
+    rtol, atol = attainable_tolerances(1e-12, 1e-14, dtype)
+
     def flow_limit(a):
         traj = dynamics.gradient_flow(
             problem.loss,
             models.DiagonalNet(d, scale=a),
             t1=s["gf_t1"],
-            stop_when=dynamics.LossBelow(s["tol"]),
-            rtol=1e-12,
-            atol=1e-14,
+            stop_when=dynamics.LossBelow(attainable_loss(s["tol"], dtype)),
+            rtol=rtol,
+            atol=atol,
             solver=diffrax.Dopri8(),
             max_steps=200_000,
         )

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import positive_scalar
-from .._precision import warn_if_unresolved
+from .._precision import spacing_rtol, warn_if_unresolved
 from ._flat import as_vector, flat_rates, flatten_saves
 from ._symmetry import RescaleSymmetry, ScaleSymmetry, _blocks
 
@@ -58,7 +58,7 @@ def _every_step(trajectory, lr):
     ts = np.asarray(trajectory.ts)
     finite = np.isfinite(np.asarray(trajectory.loss))
     last = len(ts) if finite.all() else int(np.argmin(finite))
-    if last < 2 or not np.allclose(np.diff(ts[:last]), lr, rtol=1e-9):
+    if last < 2 or not np.allclose(np.diff(ts[:last]), lr, rtol=spacing_rtol(ts.dtype)):
         raise ValueError(
             "`trajectory` must be a gradient_descent run saved at every step "
             "(save_every=1) with the given `lr`."

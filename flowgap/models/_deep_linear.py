@@ -7,6 +7,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from .._draw import normal
 from ._laws import balancedness_law
 
 
@@ -45,7 +46,7 @@ class DeepLinear(eqx.Module):
         dtype = jnp.result_type(float) if dtype is None else dtype
         keys = jax.random.split(key, len(dims) - 1)
         self.weights = tuple(
-            scale * jax.random.normal(k, (d_out, d_in), dtype)
+            jnp.asarray(scale, dtype) * normal(k, (d_out, d_in), dtype)
             for k, d_in, d_out in zip(keys, dims[:-1], dims[1:])
         )
 

@@ -5,13 +5,18 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from .._draw import in_float64
 from ._activations import KINKED, POSITIVELY_HOMOGENEOUS, activation_fn
 from ._laws import direction_norms_law, rescaling_law
 from ._weight_norm import WeightNorm
 
 
 def _scaled_linear(d_in, d_out, scale, key, dtype):
-    layer = eqx.nn.Linear(d_in, d_out, key=key, dtype=dtype)
+    # drawn in float64 and cast: the same init in every precision
+    layer = in_float64(
+        lambda dt: eqx.nn.Linear(d_in, d_out, key=key, dtype=dt), dtype, key
+    )
+    scale = jnp.asarray(scale, layer.weight.dtype)
     return eqx.tree_at(
         lambda lin: (lin.weight, lin.bias),
         layer,

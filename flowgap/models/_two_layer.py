@@ -5,6 +5,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
+from .._draw import normal
 from ._activations import (
     KINKED,
     POSITIVELY_HOMOGENEOUS,
@@ -65,8 +66,10 @@ class TwoLayer(eqx.Module):
         scale = positive_scalar("scale", scale)
         dtype = jnp.result_type(float) if dtype is None else dtype
         k1, k2 = jax.random.split(key)
-        self.w1 = scale * jax.random.normal(k1, (width, in_dim), dtype)
-        self.w2 = scale * jax.random.normal(k2, (out_dim, width), dtype)
+        # drawn in float64 and cast: the same init in every precision
+        scale = jnp.asarray(scale, dtype)
+        self.w1 = scale * normal(k1, (width, in_dim), dtype)
+        self.w2 = scale * normal(k2, (out_dim, width), dtype)
 
     def hidden(self, x: Float[Array, " in_dim"]) -> Float[Array, " width"]:
         """σ(W₁x)."""

@@ -1,10 +1,14 @@
-"""Synthetic problems. Every draw takes an explicit key: same key, same bits."""
+"""Synthetic problems. Every draw takes an explicit key: same key, same bits.
+
+Each generator draws in float64 and casts to `dtype`, so a seed gives the same
+problem in every precision, rounded (`flowgap._draw.draws_in_float64`)."""
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from .._checks import as_scalar, positive_int
+from .._draw import draws_in_float64
 from ..models import TwoLayer
 from ._regression import RegressionProblem
 
@@ -18,6 +22,7 @@ def _noisy(key, clean, noise):
     return clean + noise * jax.random.normal(key, clean.shape, clean.dtype)
 
 
+@draws_in_float64
 def sparse_recovery(
     key: PRNGKeyArray, *, n: int, d: int, sparsity: int, noise=0.0, dtype=None
 ) -> RegressionProblem:
@@ -37,6 +42,7 @@ def sparse_recovery(
     return RegressionProblem(x, _noisy(kn, x @ beta, noise), beta)
 
 
+@draws_in_float64
 def low_rank(
     key: PRNGKeyArray,
     *,
@@ -70,6 +76,7 @@ def low_rank(
     return RegressionProblem(x, _noisy(kn, x @ w.T, noise), w)
 
 
+@draws_in_float64
 def teacher_student(
     key: PRNGKeyArray,
     *,
@@ -108,6 +115,7 @@ def teacher_student(
     return RegressionProblem(x, _noisy(kn, y, noise), teacher)
 
 
+@draws_in_float64
 def whitened(
     key: PRNGKeyArray, *, n: int, d: int, noise=0.0, dtype=None
 ) -> RegressionProblem:
@@ -126,6 +134,7 @@ def whitened(
     return RegressionProblem(x, _noisy(kn, x @ beta, noise), beta)
 
 
+@draws_in_float64
 def random_labels(
     key: PRNGKeyArray, *, n: int, d: int, out_dim: int = 1, dtype=None
 ) -> RegressionProblem:
