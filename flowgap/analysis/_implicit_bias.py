@@ -57,6 +57,7 @@ def woodworth_limit(
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int = 1000,
+    throw: bool = True,
 ) -> Float[Array, " d"]:
     r"""argmin Q_α(β) subject to Xβ = y, via the convex dual.
 
@@ -79,7 +80,10 @@ def woodworth_limit(
     **Arguments:** `inputs` X (n × d, n < d for a non-trivial bias), `targets` y,
     `scale` α > 0, a scalar or a vector of shape (d,) (traceable either way);
     the Newton tolerances (default 1e-13 in float64, 100·ε in a coarser dtype:
-    `flowgap._precision.attainable_tolerances`).
+    `flowgap._precision.attainable_tolerances`). `throw=False` returns NaN where
+    the Newton solve fails or β is not finite (e.g. α so small that sinh
+    overflows before Xβ reaches y) instead of raising: an error raised inside a
+    compiled solve is printed as a traceback even where the caller catches it.
 
     **Returns:** β_∞, shape (d,).
     """
@@ -101,14 +105,21 @@ def woodworth_limit(
     # polish on ∇Φ then takes the constraint residual to round-off.
     nu0 = jnp.zeros(x.shape[0], x.dtype)
     bfgs = optx.BFGS(*attainable_tolerances(1e-10, 1e-10, x.dtype))
-    nu = optx.minimise(dual_objective, bfgs, nu0, max_steps=max_steps).value
+    nu = optx.minimise(
+        dual_objective, bfgs, nu0, max_steps=max_steps, throw=throw
+    ).value
     default = attainable_tolerances(1e-13, 1e-13, x.dtype)
     rtol = default[0] if rtol is None else rtol
     atol = default[1] if atol is None else atol
-    nu = optx.root_find(
+    solution = optx.root_find(
         lambda nu, _: x @ beta(nu) - y,
         optx.Newton(rtol=rtol, atol=atol),
         nu,
         max_steps=max_steps,
-    ).value
-    return beta(nu)
+        throw=throw,
+    )
+    limit = beta(solution.value)
+    if throw:
+        return limit
+    solved = (solution.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(limit))
+    return jnp.where(solved, limit, jnp.nan)

@@ -12,7 +12,7 @@ from .. import dynamics
 from ._figure import Panel, Series
 from ._result import ExperimentResult
 from ._table import Column, render_table
-from ._wn_robust_bias_train import METHOD_NAMES, METHODS, check_settings
+from ._wn_robust_bias_train import METHOD_NAMES, METHODS, ULPS, check_settings
 
 COLOURS = {"plain": "tab:blue", "polar": "tab:orange", "polar-split": "tab:green"}
 STYLES = {2: "-", 3: "--"}
@@ -128,6 +128,35 @@ def findings(rows, settings) -> dict:
     return out
 
 
+def precision_notes(rows, fits, curves) -> list[str]:
+    """What the run's dtype changed: the tolerances raised (`attainable`), and
+    how many recovery errors (relative to ‖β*‖) and limit gaps are within 100ε,
+    i.e. round-off (a 0 among them is left out of the log-scale panels)."""
+    precision = fits.get("precision")
+    if not precision:
+        return []
+    floor = ULPS * precision["eps"]
+    scale = float(np.linalg.norm(curves["truth"]))
+    errors = sum(r["recovery_error"] <= floor * scale for r in rows)
+    gaps = sum(r["limit_gap"] is not None and r["limit_gap"] <= floor for r in rows)
+    raised = precision["raised"]
+    out = []
+    if raised:
+        changes = ", ".join(
+            f"{k} {v['asked']:.3g} → {v['used']:.3g}" for k, v in raised.items()
+        )
+        out.append(
+            f"{precision['dtype']} (ε = {precision['eps']:.3g}): tolerances below "
+            f"{ULPS}ε raised to what it resolves: {changes}"
+        )
+    if errors or gaps:
+        out.append(
+            f"at {precision['dtype']} resolution (≤ {ULPS}ε = {floor:.2g} relative, "
+            f"round-off): {errors} recovery errors, {gaps} limit gaps"
+        )
+    return out
+
+
 def _alpha(scale) -> str:
     return f"α={scale:g}"
 
@@ -182,7 +211,8 @@ class WNRobustBiasResult(ExperimentResult):
         return "recovery error ‖β_∞ − β*‖ (* = Kvaerno5, ! = not converged)"
 
     def notes(self) -> Sequence[str]:
-        return [f"{k}: {v}" for k, v in self.fits["findings"].items()]
+        notes = [f"{k}: {v}" for k, v in self.fits["findings"].items()]
+        return notes + precision_notes(self.rows, self.fits, self.curves)
 
     def table(self) -> str:
         # The lines are groups of rows (one cell per α), not the rows themselves.
@@ -205,7 +235,9 @@ class WNRobustBiasResult(ExperimentResult):
     def figure_data(self) -> Mapping[str, Any]:
         """The curves, plus per (family, depth, method) the column at ρ = `ratio`
         of: the error where converged (`…/error:ok`) and where not
-        (`…/error:not`), the theory's error, and the time / steps to converge."""
+        (`…/error:not`), the theory's error, and the time / steps to converge,
+        each only where positive (a log axis cannot show 0: e.g. an error below
+        float32's resolution)."""
         c = self.curves
         data = dict(c)
         for key in c:
@@ -214,13 +246,14 @@ class WNRobustBiasResult(ExperimentResult):
             tag = key.removesuffix("/recovery_error")
             j = self._column(tag.split("/")[0])
             ok = np.asarray(c[f"{tag}/converged"], bool)[:, j]
-            error = np.asarray(c[key], float)[:, j]
+            error = _positive(np.asarray(c[key], float)[:, j])
             data[f"{tag}/error:ok"] = np.where(ok, error, np.nan)
             data[f"{tag}/error:not"] = np.where(ok, np.nan, error)
-            data[f"{tag}/theory:col"] = np.asarray(c[f"{tag}/theory_error"])[:, j]
+            theory = np.asarray(c[f"{tag}/theory_error"], float)[:, j]
+            data[f"{tag}/theory:col"] = _positive(theory)
             for name in ("time", "steps"):
                 value = np.asarray(c[f"{tag}/{name}"], float)[:, j]
-                data[f"{tag}/{name}:ok"] = np.where(ok, value, np.nan)
+                data[f"{tag}/{name}:ok"] = np.where(ok, _positive(value), np.nan)
         return data
 
     def panels(self) -> Sequence[Panel]:
@@ -250,6 +283,7 @@ class WNRobustBiasResult(ExperimentResult):
                 ylabel=f"flow time to L < {tol}",
                 xscale="log",
                 yscale="log",
+                draw=_if_nothing_positive,
                 legend_size=7.0,
             ),
             Panel(
@@ -342,10 +376,28 @@ def _converged_series(name: str, family, depth, method) -> Series:
     )
 
 
+def _positive(values):
+    return np.where(np.isfinite(values) & (values > 0), values, np.nan)
+
+
+def _if_nothing_positive(ax, data) -> bool:
+    """Whether `ax` has a positive value to show on its log y-axis; if not (no
+    run converged, or every value is 0), a linear axis with a note instead."""
+    del data
+    for line in ax.lines:
+        y = np.asarray(line.get_ydata(), float)
+        if np.any(np.isfinite(y) & (y > 0)):
+            return True
+    ax.set_yscale("linear")
+    ax.text(0.5, 0.5, "nothing positive to plot", ha="center", transform=ax.transAxes)
+    return False
+
+
 def _legend_on_top(ax, data) -> None:
     """Legend in two columns above the data (the log y-range is widened by 10⁴
     upwards), so it never hides a point."""
-    del data
+    if not _if_nothing_positive(ax, data):
+        return
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 1e4)
     ax.legend(fontsize=6, ncol=2, loc="upper center")
@@ -367,7 +419,8 @@ def _heat_map(ax, data, *, method: str, depth: int) -> None:
     K where the flow used Kvaerno5 and ! where it did not converge."""
     tag = f"polar/L{depth}/{method}"
     plain = np.asarray(data[f"plain/L{depth}/gf/recovery_error"])[:, :1]
-    ratio = np.log10(np.asarray(data[f"{tag}/recovery_error"]) / plain)
+    errors = _positive(np.asarray(data[f"{tag}/recovery_error"], float))
+    ratio = np.log10(errors / _positive(np.asarray(plain, float)))
     image = ax.imshow(
         ratio.T, origin="lower", cmap="RdBu_r", vmin=-4, vmax=4, aspect="auto"
     )

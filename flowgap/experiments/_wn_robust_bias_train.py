@@ -1,12 +1,16 @@
 r"""wn-robust-bias's runs: the models, one training run, the (α, ρ) grid of runs,
 and the theory each flow limit is checked against (docs: theory/implicit-bias)."""
 
+import functools
+
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import analysis, dynamics, models, sweeps
+from .._checks import is_concrete
+from .._precision import TOLERANCE_ULPS, attainable_tolerances
 from ._settings import SettingError
 
 FAMILIES = ("plain", "polar", "polar-split")
@@ -37,6 +41,41 @@ def check_settings(s) -> tuple[list[int], tuple[str, ...]]:
     if "plain" not in families:
         raise SettingError("setting `families` must include plain (the baseline)")
     return depths, families
+
+
+#: A tolerance within ~100 ulps is met or missed by round-off
+#: (`flowgap._precision.TOLERANCE_ULPS`); the loss's residual Xβ − y is resolved
+#: to a few ulps of |y| per component. So the job asks for no relative accuracy
+#: finer than 100·ε (1.2e-5 in float32, 2.2e-14 in float64: defaults unchanged).
+ULPS = TOLERANCE_ULPS
+
+
+def attainable(settings, problem) -> tuple[dict, dict]:
+    r"""The settings with the tolerances the problem's dtype can meet, and the
+    ones raised (name → (asked, used); empty in float64 at the defaults).
+
+    `rtol` → max(rtol, 100ε), `atol` raised by the same factor (their ratio
+    sets which weights count as small); the loss threshold `tol` →
+    max(tol, (100ε)²·L₀) with L₀ = ‖y‖²/2n the loss at β = 0: the loss is
+    quadratic in a residual resolved to 100ε relative. Traceable in the
+    problem (then `tol` is traced and not reported as raised).
+    """
+    eps = float(jnp.finfo(problem.inputs.dtype).eps)
+    rtol, atol = attainable_tolerances(
+        settings["rtol"], settings["atol"], problem.inputs.dtype
+    )
+    loss0 = jnp.sum(problem.targets**2) / (2 * problem.n)
+    if is_concrete(loss0):
+        tol = max(settings["tol"], (ULPS * eps) ** 2 * float(loss0))
+    else:
+        tol = jnp.maximum(settings["tol"], (ULPS * eps) ** 2 * loss0)
+    used = dict(rtol=rtol, atol=atol, tol=tol)
+    raised = {
+        k: (settings[k], v)
+        for k, v in used.items()
+        if isinstance(v, float) and v != settings[k]
+    }
+    return {**settings, **used}, raised
 
 
 def learning_rate(problem, depth: int, scale, step):
@@ -118,7 +157,24 @@ def _flow_options(rates, s) -> dict:
     )
 
 
-def train(problem, scale, ratio, *, family, method, depth, settings):
+def _flow(loss, model, rates, s, solver: str):
+    """The gradient flow of `train`, and whether Kvaerno5's run is the one kept."""
+    options = _flow_options(rates, s)
+    if solver == "fallback":
+        traj = dynamics.gradient_flow_with_fallback(
+            loss,
+            model,
+            fallback_solver=diffrax.Kvaerno5(),
+            fallback_max_steps=s["implicit_steps"],
+            **options,
+        )
+        return traj, traj.stats["fallback"]
+    if solver == "implicit":
+        options.update(solver=diffrax.Kvaerno5(), max_steps=s["implicit_steps"])
+    return dynamics.gradient_flow(loss, model, **options), solver == "implicit"
+
+
+def train(problem, scale, ratio, *, family, method, depth, settings, solver="fallback"):
     r"""One run: `family` ("plain", "polar", "polar-split") of `depth` from
     u = v = α·1, trained by `method` to L < `tol`.
 
@@ -144,14 +200,7 @@ def train(problem, scale, ratio, *, family, method, depth, settings):
     rates = None if family == "plain" else model.rates(ratio)
     implicit = False
     if method == "gf":
-        traj = dynamics.gradient_flow_with_fallback(
-            problem.loss,
-            model,
-            fallback_solver=diffrax.Kvaerno5(),
-            fallback_max_steps=s["implicit_steps"],
-            **_flow_options(rates, s),
-        )
-        implicit = traj.stats["fallback"]
+        traj, implicit = _flow(problem.loss, model, rates, s, solver)
     else:
         traj = dynamics.gradient_descent(
             problem.loss,
@@ -167,22 +216,39 @@ def train(problem, scale, ratio, *, family, method, depth, settings):
 
 
 def grid_run(problem, family, method, depth, s) -> dict:
-    """`train` over the (α, ρ) grid (α only for the plain net) as one program
-    (`flowgap.sweep`), as NumPy arrays of shape (scales, ratios) (one ratio
-    column for the plain net)."""
-    grid = dict(scale=np.asarray(s["scales"]))
-    if family != "plain":
-        grid["ratio"] = np.asarray(s["ratios"])
+    """`train` over the (α, ρ) grid (α only for the plain net), as NumPy arrays
+    of shape (scales, ratios) (one ratio column for the plain net).
+
+    A flow is one program of Tsit5 runs (`flowgap.sweep`), then, only if some
+    failed (stiff: `max_steps` reached), one program of Kvaerno5 runs over those
+    points, whose runs are kept there: the fallback of
+    `gradient_flow_with_fallback` on concrete values, so Kvaerno5 is compiled
+    only where it is needed."""
+    ratios = s["ratios"] if family != "plain" else (1.0,)
+    scale, ratio = (a.ravel() for a in np.meshgrid(s["scales"], ratios, indexing="ij"))
     options = dict(family=family, method=method, depth=depth, settings=s)
+    first = "explicit" if method == "gf" else "fallback"
+    values = _points(problem, scale, ratio, solver=first, **options)
+    failed = ~values["successful"]
+    if method == "gf" and failed.any():
+        again = _points(
+            problem, scale[failed], ratio[failed], solver="implicit", **options
+        )
+        for key, value in values.items():
+            value[failed] = again[key]
+    shape = (len(s["scales"]), len(ratios))
+    return {k: v.reshape(shape + v.shape[1:]) for k, v in values.items()}
 
-    def fn(scale, ratio=1.0):
-        return train(problem, scale, ratio, **options)
 
-    values = sweeps.sweep(fn, grid, progress=False).values
-    values = {k: np.array(v) for k, v in values.items()}
-    if family == "plain":  # a ratio axis of length 1, like the polar nets'
-        values = {k: v[:, None] for k, v in values.items()}
-    return values
+def _points(problem, scales, ratios, **options) -> dict:
+    """`train` at the points (scales[i], ratios[i]), as one program."""
+    grid = jnp.asarray(scales), jnp.asarray(ratios)
+
+    def fn(point):
+        return train(problem, grid[0][point], grid[1][point], **options)
+
+    values = sweeps.sweep(fn, dict(point=np.arange(len(scales))), progress=False)
+    return {k: np.array(v) for k, v in values.values.items()}
 
 
 def _plain_from(problem, depth, scale, s):
@@ -211,19 +277,24 @@ def _effective_prediction(problem, depth, values, s):
     return np.where(usable[..., None], beta, np.nan)
 
 
+# One compiled dual solve (α traced) serves every call of a run; a failed solve
+# is NaN, not an error (raised inside a compiled solve, it would print a
+# traceback even where caught).
+_dual_limit = jax.jit(functools.partial(analysis.woodworth_limit, throw=False))
+
+
 def _woodworth(problem, scales):
-    """Woodworth's Q_α minimiser at each α (NaN where the dual solve fails, e.g.
-    α so small that 2α² underflows the dual's scale)."""
-    solve = jax.jit(
-        lambda a: analysis.woodworth_limit(problem.inputs, problem.targets, a)
-    )
+    """Woodworth's Q_α minimiser at each α (NaN where the dual solve fails, or
+    where 2α² is below the dtype's normal range), at `woodworth_limit`'s
+    tolerances (1e-13, raised to 100ε where the dtype cannot meet it)."""
+    finfo = jnp.finfo(problem.inputs.dtype)
     out = []
     for a in np.ravel(scales):
-        try:
-            if not (np.isfinite(a) and 1e-30 < a):
-                raise ValueError("scale out of the dual solver's range")
-            out.append(np.asarray(solve(jnp.asarray(a))))
-        except Exception:  # noqa: BLE001 — a failed dual solve is reported as NaN
+        if np.isfinite(a) and a > np.sqrt(float(finfo.tiny)):
+            scale = jnp.asarray(a, problem.inputs.dtype)
+            beta = _dual_limit(problem.inputs, problem.targets, scale)
+            out.append(np.asarray(beta))
+        else:
             out.append(np.full(problem.truth.shape, np.nan))
     return np.asarray(out).reshape(np.shape(scales) + problem.truth.shape)
 
