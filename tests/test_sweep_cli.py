@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flowgap._cli import main
-from flowgap.experiments import EXPERIMENTS
+from flowgap.experiments import EXPERIMENTS, SweepRun
 from flowgap.experiments._settings import resolve
 from flowgap.sweeps import load_sweep
 
@@ -24,7 +24,7 @@ ARGS = [
     "--grid",
     "scale=1e-3:1:6:log",
     "--grid",
-    "lr=0.02,0.05,0.1,2.0",
+    "lr=0.02,0.05,0.1,0.5",
     "--chunk-size",
     "1",
     "--no-progress",
@@ -67,17 +67,40 @@ def test_labelled_grid_summary_and_figure(reference, capsys):
     result = load_sweep(reference / "sweep.npz")
     assert list(result.axes) == ["scale", "lr", "seed"]
     assert np.allclose(result.axes["scale"], np.geomspace(1e-3, 1, 6), rtol=1e-15)
-    assert np.array_equal(result.axes["lr"], [0.02, 0.05, 0.1, 2.0])
+    assert np.array_equal(result.axes["lr"], [0.02, 0.05, 0.1, 0.5])
     assert result.values["gap"].shape == (6, 4, 1)
-    # lr = 2 diverges at every scale (flagged); smaller rates do not
-    assert np.all(result.values["status"][:, 3] != 0)
-    assert np.all(result.values["status"][:, :3] == 0)
+    # every run ends at the horizon t1 = 4 of --quick, whatever its lr
+    assert np.allclose(result.values["time"], 4.0, rtol=1e-15, atol=0)
+    # lr = 0.5 diverges at α = 1 (a failed run); at smaller α it runs to T but
+    # leaves the flow, as lr = 0.1 does at α = 1: succeeded, and flagged apart
+    failed = result.values["status"] != 0
+    assert np.array_equal(np.nonzero(failed[..., 0]), [[5], [3]])
+    left = (result.values["left_flow"] != 0) & ~failed
+    assert np.all(left[:5, 3]) and left[5, 2] and np.sum(left) == 6
     summary = json.loads((reference / "summary.json").read_text())
-    assert summary["failed"] == [[0, 0, 0, 1]] * 6
-    assert all(row[3] is None for row in summary["mean"])
+    assert summary["failed"] == [[0, 0, 0, 0]] * 5 + [[0, 0, 0, 1]]
+    assert summary["flagged"] == [[0, 0, 0, 1]] * 5 + [[0, 0, 1, 0]]
+    assert summary["mean"][5][3] is None and summary["flag"] == "left_flow"
+    assert "T = 4" in summary["context"]
     # each cell is the run at its own coordinates (vmapped vs solo: round-off)
     experiment = EXPERIMENTS["step-vs-flow"]
-    settings = resolve(experiment.settings, experiment.quick)
+    settings = experiment.sweep.settings_for(
+        resolve(experiment.settings, experiment.quick), {"lr": result.axes["lr"]}
+    )
+    sweepable = experiment.sweep
+    table = SweepRun(
+        "step-vs-flow",
+        "gap",
+        result,
+        reference,
+        context=sweepable.describe(settings),
+        flag=sweepable.flag,
+        flag_meaning=sweepable.flag_meaning,
+    ).table()
+    assert "horizon T = 4" in table and "23 of 24 runs succeeded" in table
+    assert "6 of the 23 successful runs have `left_flow`" in table
+    assert "0.1·‖θ_GF(T)‖" in table and table.count("†1") == 6
+    assert settings["max_steps"] == 200  # t1/lr at the smallest lr
     for i, j in [(0, 0), (2, 1), (5, 2)]:
         solo = experiment.sweep.point(
             settings,
@@ -146,6 +169,8 @@ def test_killed_sweep_resumes_bit_for_bit(reference, tmp_path, stop, capsys):
         (["sweep", "step-vs-flow", "--grid", "depth=2,3"], "`depth`"),
         (["sweep", "step-vs-flow", "--grid", "lr=0,1"], "`lr`"),
         (["sweep", "step-vs-flow", "--grid", "lr=a"], "`lr`"),
+        (["sweep", "step-vs-flow", "--quick", "--grid", "lr=0.03"], "`lr`"),
+        (["sweep", "step-vs-flow", "--grid", "scale=0.1,1"], "`--grid lr=...`"),
         (["sweep", "step-vs-flow"], "--grid"),
         (["sweep", "step-vs-flow", "--grid", "lr=1", "--seeds", "0"], "`--seeds`"),
         (["sweep", "step-vs-flow", "--grid", "lr=1", "--chunk-size", "0"], "chunk"),

@@ -13,6 +13,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
 from .. import dynamics, models, problems
@@ -46,7 +48,12 @@ SETTINGS = (
         "floats",
         positive=True,
     ),
-    Setting("t1", 100.0, "horizon T (time units, t = k·lr)", positive=True),
+    Setting(
+        "t1",
+        100.0,
+        "horizon T (time units, t = k·lr), of `run` and of every `sweep` point",
+        positive=True,
+    ),
     Setting("rtol", 1e-10, "gradient-flow relative tolerance", positive=True),
     Setting("atol", 1e-12, "gradient-flow absolute tolerance", positive=True),
     Setting(
@@ -56,24 +63,19 @@ SETTINGS = (
         "int",
         minimum=2,
     ),
-    Setting(
-        "steps",
-        2000,
-        "GD steps per run in `flowgap sweep` (its horizon is T = steps·lr)",
-        "int",
-        minimum=1,
-    ),
 )
 
-QUICK = dict(
-    n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50, steps=100
-)
+QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50)
 
 
 # The science `flowgap run` (a ladder of rates to one horizon t1, both nets, one
 # flow per net) and `flowgap sweep` (`point`: the plain net, one flow per point, to
-# T = steps·lr) share: the problem, the flow solver and the measurements. Where
-# steps·lr = t1, `point` gives the run's plain-net numbers bit for bit.
+# the same horizon t1) share: the problem, the flow solver and the measurements.
+# Where the sweep's longest run is t1/lr steps, `point` gives the run's plain-net
+# numbers bit for bit.
+
+#: a run "left the flow" when ‖θ_GD(T) − θ_GF(T)‖ > LEFT_FLOW · ‖θ_GF(T)‖
+LEFT_FLOW = 0.1
 
 
 def _problem(settings, key):
@@ -113,32 +115,106 @@ def _distance(a, b, *, batch_dims: int = 0):
     return jnp.sqrt(squares)
 
 
-def point(settings, *, key, scale, lr):
-    """One sweep point: the plain diagonal net on the problem drawn by `key`, by
-    GD (`steps` steps of `lr`) and by the exact flow to the same time T = steps·lr.
+class _MovesFor(eqx.Module):
+    """An optimizer factory for `dynamics.gradient_descent`: plain GD,
+    `optax.sgd(lr)`, whose updates are kept for the first `steps` steps and zero
+    after (selected, not multiplied, so a non-finite gradient at the frozen θ
+    moves nothing), so a program of any static length ≥ `steps` ends at θ_steps.
+    `steps` is traced: one compiled program serves every lr of a sweep."""
+
+    steps: Float[Array, ""]
+
+    def __call__(self, lr):
+        def update(updates, count, params=None):
+            keep = count < self.steps
+            kept = jax.tree.map(lambda u: jnp.where(keep, u, 0.0), updates)
+            return kept, count + 1
+
+        freeze = optax.GradientTransformation(lambda _: jnp.array(0), update)
+        return optax.chain(optax.sgd(lr), freeze)
+
+
+def point(settings, *, key, lr, scale=None):
+    r"""One sweep point: the plain diagonal net on the problem drawn by `key`, by
+    GD at `lr` for K = t1/lr steps and by the exact flow, compared at the one time
+    T = Kη on the clock t = kη: every lr of a sweep is compared at the horizon
+    T = `t1`. `scale` defaults to the setting.
+
+    The program runs `settings["max_steps"]` steps (from `SWEEP.settings_for`: the
+    largest K of the grid), GD moving for the first K only (`_MovesFor`), so the
+    grid compiles once while each run stops at its own K.
 
     **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
-    `gap` ‖θ_GD(T) − θ_GF(T)‖, `final_loss` (GD) and `status` (GD's, else GF's).
+    `gap` ‖θ_GD(T) − θ_GF(T)‖, `relative_gap` gap/‖θ_GF(T)‖, `left_flow` (1 when
+    the relative gap exceeds `LEFT_FLOW`: GD is O(1) away from the flow, not O(η)),
+    `time` T = Kη, `final_loss` (GD) and `status` (GD's, else GF's).
     """
     s = settings
+    scale = s["scale"] if scale is None else scale
     problem = _problem(s, key)
     model = models.DiagonalNet(s["d"], depth=s["depth"], scale=scale)
+    steps = jnp.round(s["t1"] / lr)
     gd = dynamics.gradient_descent(
-        problem.loss, model, lr=lr, steps=s["steps"], save_every=s["steps"]
+        problem.loss,
+        model,
+        lr=lr,
+        steps=s["max_steps"],
+        save_every=s["max_steps"],
+        optimizer=_MovesFor(steps),
     )
-    gf = _flow(problem.loss, model, s, t1=s["steps"] * lr)
+    time = steps * lr
+    gf = _flow(problem.loss, model, s, t1=time)
+    gap = _distance(gd.final, gf.final)
+    relative_gap = gap / optax.tree.norm(eqx.filter(gf.final, eqx.is_inexact_array))
     gd_status = dynamics.status_code(gd.result)
     gf_status = dynamics.status_code(gf.result)
     return dict(
         recovery_error=_recovery_error(gd, problem.truth),
         flow_recovery_error=_recovery_error(gf, problem.truth),
-        gap=_distance(gd.final, gf.final),
+        gap=gap,
+        relative_gap=relative_gap,
+        left_flow=(relative_gap > LEFT_FLOW).astype(jnp.int32),
+        time=time,
         final_loss=gd.final_loss,
         status=jnp.where(gd_status != 0, gd_status, gf_status),
     )
 
 
-SWEEP = Sweepable(axes=("scale", "lr"), point=point, metric="gap")
+def prepare_sweep(settings, grid):
+    """The settings of a sweep over `grid`: `max_steps`, the largest t1/lr over
+    the `lr` axis. Raises `SettingError` without an `lr` axis, or when t1 is not a
+    whole number of steps of some lr (so every run ends exactly at T = t1)."""
+    if "lr" not in grid:
+        raise SettingError(
+            "sweeping step-vs-flow needs a `--grid lr=...` axis (each lr runs "
+            "t1/lr steps to the horizon t1)"
+        )
+    try:
+        steps = ladder_steps(settings["t1"], [float(lr) for lr in grid["lr"]])
+    except SettingError as error:
+        raise SettingError(
+            f"`--grid` axis `lr`: {str(error).removeprefix('setting `lrs`: ')} "
+            "(every lr runs t1/lr steps; choose lrs dividing t1, or --set t1=...)"
+        ) from None
+    return {**settings, "max_steps": max(steps.values())}
+
+
+def _context(settings):
+    return f"horizon T = {settings['t1']:g} for every lr (K = T/lr GD steps)"
+
+
+SWEEP = Sweepable(
+    axes=("scale", "lr"),
+    point=point,
+    metric="gap",
+    prepare=prepare_sweep,
+    context=_context,
+    flag="left_flow",
+    flag_meaning=(
+        f"GD left the flow, ‖θ_GD(T) − θ_GF(T)‖ > {LEFT_FLOW:g}·‖θ_GF(T)‖ (an O(1) "
+        "gap, not the O(η) error of the flow's Euler method)"
+    ),
+)
 
 #: each net's colour ramp in the figure
 COLOURS = {"plain": "Blues", "polar": "Oranges"}

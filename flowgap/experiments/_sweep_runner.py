@@ -27,13 +27,22 @@ class SweepRun:
 
     - `result`: the labelled `SweepResult` (axes: the grid's, then `seed`);
     - `metric`: the output summarised by `table()` and `figure()`;
-    - `folder`: where it was written.
+    - `folder`: where it was written;
+    - `context`: what every run shares (e.g. "T = 4"), stated in the titles;
+    - `flag`, `flag_meaning`: the experiment's 0/1 output marking successful runs
+      to count apart, and what it means (see `Sweepable`).
+
+    A run *succeeded* when its `status` is 0; that is all "succeeded" means. The
+    flag is counted separately, over successful runs only.
     """
 
     experiment: str
     metric: str
     result: SweepResult
     folder: pathlib.Path
+    context: str = ""
+    flag: str | None = None
+    flag_meaning: str = ""
 
     def summary(self) -> tuple[list, list, np.ndarray, np.ndarray]:
         """(first axis, second axis or [None], mean of `metric` over the seeds and
@@ -52,17 +61,32 @@ class SweepRun:
         cols = list(self.result.axes[names[1]]) if len(names) > 2 else [None]
         return rows, cols, mean, np.sum(failed, axis=keep)
 
+    def flagged(self) -> np.ndarray:
+        """Per cell of `summary()`, the successful runs whose `flag` is set (all
+        zero without a flag)."""
+        status = np.asarray(self.result.values["status"])
+        marked = np.zeros(status.shape, dtype=bool)
+        if self.flag is not None:
+            marked = (np.asarray(self.result.values[self.flag]) != 0) & (status == 0)
+        if marked.ndim == 1 or len(self.result.axes) == 2:
+            marked = marked[:, None]
+        return np.sum(marked, axis=tuple(range(2, marked.ndim)))
+
+    def _title(self, text: str) -> str:
+        return f"{text}; {self.context}" if self.context else text
+
     def table(self) -> str:
         rows, cols, mean, failed = self.summary()
+        marked = self.flagged()
         names = list(self.result.axes)
         corner = f"{names[0]} \\ {names[1]}" if cols[0] is not None else names[0]
         lines = [
-            {"axis": r, **{f"column {j}": m for j, m in enumerate(mean[i])}}
+            {"axis": r, "index": i, **{f"column {j}": m for j, m in enumerate(mean[i])}}
             for i, r in enumerate(rows)
         ]
         columns = [Column("axis", corner, ".3g")] + [
             Column(
-                f"column {j}",
+                _marked_cell(j, marked[:, j]),
                 "" if c is None else format(c, ".3g"),
                 ".3e",
                 missing="failed",
@@ -70,22 +94,29 @@ class SweepRun:
             for j, c in enumerate(cols)
         ]
         total, size = int(np.sum(failed)), int(np.prod(self.result.shape))
+        notes = [f"{size - total} of {size} runs succeeded (status 0); {total} failed"]
+        if self.flag is not None:
+            notes.append(
+                f"{int(np.sum(marked))} of the {size - total} successful runs have "
+                f"`{self.flag}` (†k: k such runs in the cell): {self.flag_meaning}"
+            )
         return render_table(
             lines,
             columns,
-            title=f"mean {self.metric} over successful runs",
-            notes=[f"{size - total} of {size} runs succeeded; {total} flagged"],
+            title=self._title(f"mean {self.metric} over successful runs"),
+            notes=notes,
         )
 
     def figure(self):
         """Heat map of the mean metric over the first two axes (a curve for one
         axis); cells with failed runs are marked with their count."""
         seeds = len(self.result.axes["seed"])
-        panel = Panel(
-            title=f"{self.experiment}: {self.metric}, mean over {seeds} seed(s); "
-            "×k = k failed runs",
-            draw=self._draw,
+        marks = "×k = k failed runs" + (
+            f", †k = k with `{self.flag}`" if self.flag is not None else ""
         )
+        title = f"{self.experiment}: {self.metric}, mean over {seeds} seed(s)"
+        lines = [title, self.context, marks] if self.context else [title, marks]
+        panel = Panel(title="\n".join(lines), draw=self._draw)
         return render_figure([panel], {}, panel_size=(7.0, 5.0))
 
     def _draw(self, ax, data) -> None:
@@ -110,8 +141,27 @@ class SweepRun:
         ax.set_xticks(range(len(cols)), [f"{c:.3g}" for c in cols], rotation=45)
         ax.set_yticks(range(len(rows)), [f"{r:.3g}" for r in rows])
         ax.set(xlabel=names[1], ylabel=names[0])
-        for i, j in zip(*np.nonzero(failed)):
-            ax.text(j, i, f"×{failed[i, j]}", ha="center", va="center", color="r")
+        marked = self.flagged()
+        for i, j in zip(*np.nonzero(failed + marked)):
+            text = [f"×{failed[i, j]}"] * bool(failed[i, j])
+            text += [f"†{marked[i, j]}"] * bool(marked[i, j])
+            ax.text(j, i, " ".join(text), ha="center", va="center", color="r")
+
+
+def _marked_cell(j: int, marked: np.ndarray):
+    """Column `j` of the summary table: the mean, followed by †k where k of the
+    cell's successful runs carry the flag (unmarked cells padded to line up)."""
+    if not marked.any():
+        return f"column {j}"
+    width = max(len(f" †{k}") for k in marked)
+
+    def cell(line):
+        value, k = line[f"column {j}"], marked[line["index"]]
+        if not np.isfinite(value):
+            return value
+        return f"{value:.3e}" + (f" †{k}" if k else "").ljust(width)
+
+    return cell
 
 
 def _log_spaced(values) -> bool:
@@ -203,6 +253,7 @@ def run_sweep(
         experiment, quick=quick, dtype=dtype, overrides=overrides
     )
     axes = _check_grid(experiment, grid, settings)
+    experiment.sweep.settings_for(settings, axes)  # a grid it cannot run fails here
     folder = _registry.output_folder(f"sweep-{name}", out, force)
     devices = len(jax.devices())
     per_chunk = math.ceil(chunk_size / devices) * devices
@@ -255,8 +306,10 @@ def resume_sweep(folder, *, progress: bool = True) -> SweepRun:
 
 def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
     grid = {k: np.asarray(v, dtype=float) for k, v in record["grid"]}
+    sweepable = experiment.sweep
+    settings = sweepable.settings_for(record["settings"], grid)
     grid["seed"] = np.arange(record["seeds"])
-    fn = _point_function(experiment, record["settings"])
+    fn = _point_function(experiment, settings)
     try:
         result = sweep(
             fn,
@@ -274,7 +327,15 @@ def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
             dict(state="interrupted", chunks_done=stop.done, chunks_total=stop.total),
         )
         raise
-    run = SweepRun(experiment.name, experiment.sweep.metric, result, folder)
+    run = SweepRun(
+        experiment.name,
+        sweepable.metric,
+        result,
+        folder,
+        context=sweepable.describe(settings),
+        flag=sweepable.flag,
+        flag_meaning=sweepable.flag_meaning,
+    )
     result.save(folder / "sweep.npz")
     write_netcdf(folder / "sweep.nc", result.to_xarray())
     rows, cols, mean, failed = run.summary()
@@ -287,6 +348,9 @@ def _execute(experiment, record, folder: pathlib.Path, progress) -> SweepRun:
             columns=[None if c is None else float(c) for c in cols],
             mean=[[None if np.isnan(m) else float(m) for m in row] for row in mean],
             failed=failed.astype(int).tolist(),
+            context=run.context,
+            flag=run.flag,
+            flagged=run.flagged().astype(int).tolist(),
         ),
     )
     save_figure(folder / "figure.png", run.figure())
