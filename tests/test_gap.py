@@ -68,3 +68,41 @@ def test_flow_saved_on_the_gd_clock(key):
             problem.loss, model, t1=gd.ts[i], rtol=1e-12, atol=1e-12
         )
         assert tree_distance(flow[i], alone.final) < 1e-9
+
+
+def test_gap_study_fits_only_resolved_gaps():
+    # gaps 0.3·η² above the resolution, two below it at round-off level: the fit
+    # uses the resolved ones (exact slope 2); with all resolved, the study keeps
+    # gap_exponent's own fit, so float64 results are unchanged
+    from flowgap.experiments._gap import _resolved_fit
+
+    lrs = np.array([0.05, 0.025, 0.0125, 0.00625])
+    gaps = np.array([7.5e-4, 1.875e-4, 3e-6, 2e-6])
+    resolved = gaps > 1e-5
+    fit = _resolved_fit(lrs, gaps, resolved, fit="unused")
+    assert np.isclose(fit["slope"], 2.0, rtol=1e-12)
+    every = np.ones(4, bool)
+    sentinel = dict(slope=1.0)
+    assert _resolved_fit(lrs, gaps, every, sentinel) is sentinel
+    assert np.isnan(_resolved_fit(lrs, gaps, gaps > 1e-3, sentinel)["slope"])
+
+
+@pytest.mark.slow
+def test_gap_study_in_float32_is_fast_and_names_unresolved_points():
+    """`flowgap run gap --quick --dtype float32` (about 45 s; 870 s when its flows
+    chased rtol 1e-13): gradient-flow slopes are 1 as in float64, and the
+    modified-flow gaps below the float32 flow's accuracy are named, not fitted."""
+    import jax
+
+    from flowgap import experiments
+
+    with jax.enable_x64(False):
+        result, _ = experiments.run("gap", quick=True, save=False, progress=False)
+    for row in result.rows:
+        if row["against"] == "GF":
+            assert row["unresolved_lrs"] == []
+            assert abs(row["slope"] - 1) < 0.1
+        elif np.isfinite(row["slope"]):
+            assert abs(row["slope"] - row["expected"]) < 0.1
+    assert any(row["unresolved_lrs"] for row in result.rows)
+    assert "left out of the fit" in result.table()

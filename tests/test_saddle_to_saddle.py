@@ -3,6 +3,7 @@ slowdown per plateau, and unit alignment (docs: theory/saddle-to-saddle)."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -38,6 +39,20 @@ def test_a_loss_spike_is_not_a_stage():
     assert len(stages) == 2
     for stage, centre in zip(stages, (20.0, 50.0)):
         assert stage.start < centre < stage.end
+
+
+def test_the_default_floor_is_where_the_loss_dtype_stops_resolving():
+    # a drop from 1 to a plateau at 1.2e-9, then one to 1e-11: in float64 the
+    # curve is cut at 1e-10 · L(0), past the second drop; in float32 at
+    # 10·(100ε)² · L(0) = 1.4e-9 · L(0), the loss's round-off, before it
+    ts = np.linspace(0, 100, 2001)
+    loss = 1e-11 + 1.0 / (1 + np.exp(ts - 20.0)) + 1.2e-9 / (1 + np.exp(ts - 60.0))
+    assert len(analysis.detect_stages(ts, loss)) == 2
+    in_float32 = analysis.detect_stages(ts.astype(np.float32), loss.astype(np.float32))
+    assert len(in_float32) == 1
+    assert in_float32[0].start < 20.0 < in_float32[0].end
+    # an explicit floor is kept in either dtype
+    assert len(analysis.detect_stages(ts, loss.astype(np.float32), floor=1e-10)) == 2
 
 
 def test_rank_and_alignment_helpers_are_exact_on_known_matrices():
@@ -82,6 +97,35 @@ def test_finite_step_slowdown_per_plateau(quick):
         assert f["tolerance"] <= 0.25 * (f["predicted_ratio"] - 1)
         assert abs(f["measured_ratio"] - f["predicted_ratio"]) <= f["tolerance"]
         assert f["measured_ratio"] > 1  # GD is slower on every plateau
+
+
+def test_no_plateau_is_round_off_seeded_in_float64(quick):
+    assert quick.fits["round_off_seeded"] == []
+
+
+@pytest.mark.slow
+def test_float32_run_is_clean_and_flags_round_off_seeded_plateaus():
+    """`--dtype float32` (about 25 s): the first plateau, seeded by α, escapes
+    when float64's does; from α = 1e-16 the later seeds, α^(1 − σ_k/σ₁) ≈ 1e-10,
+    are below float32's resolution, so round-off seeds those plateaus, and the
+    result says so rather than report their slowdown as dynamics."""
+    with jax.enable_x64(False):
+        result, _ = experiments.run(
+            "saddle-to-saddle", quick=True, save=False, progress=False
+        )
+    small = result.settings["scales"][1]
+    assert [tuple(x) for x in result.fits["round_off_seeded"]] == [
+        (small, clock, k) for clock in ("gd", "gf") for k in (2, 3)
+    ]
+    assert "round-off, not α" in result.table()
+    rank = result.settings["teacher_rank"]
+    for scale in result.settings["scales"]:
+        for clock in ("gd", "gf"):
+            stages = result.stages("linear", scale, clock)
+            assert [s["rank_after"] for s in stages] == list(range(1, rank + 1))
+    # plateau 1 is resolved: its slowdown is float64's (GD/GF 1.1070 there)
+    first = result.fits["slowdown"][0]
+    assert abs(first["measured_ratio"] - first["predicted_ratio"]) <= first["tolerance"]
 
 
 def test_units_align_on_the_first_plateau_and_layers_go_rank_one(quick):

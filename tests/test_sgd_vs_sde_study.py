@@ -203,3 +203,24 @@ def test_inconsistent_settings_are_refused_before_computing():
         run("sgd-vs-sde", quick=True, save=False, overrides=dict(mc_lr=0.3))
     with pytest.raises(SettingError, match="diag_batch_size"):
         run("sgd-vs-sde", quick=True, save=False, overrides=dict(diag_batch_size=21))
+
+
+def test_float32_exact_moments_use_an_attainable_tolerance():
+    """The SDE moments' default 1e-12 is float64's; float32 data gets 100·ε
+    (`attainable_tolerances`), so the solve neither crawls on round-off nor hits
+    `max_steps`, and its moments are float64's to about that accuracy."""
+    from flowgap import analysis
+
+    s = _quick_settings()
+    problem = regression(jax.random.key(0), s)
+    x, y = np.asarray(problem.inputs), np.asarray(problem.targets)
+    theta0 = np.zeros(x.shape[1])
+    common = dict(lr=0.05, batch_size=4, t1=1.0, order=2)
+    mean64, second64 = analysis.sde_moments(x, y, theta0, **common)
+    with jax.enable_x64(False):
+        x32, y32, t32 = (a.astype(np.float32) for a in (x, y, theta0))
+        mean32, second32 = analysis.sde_moments(x32, y32, t32, max_steps=200, **common)
+        assert mean32.dtype == np.float32
+    scale = np.abs(second64[-1]).max()
+    assert np.abs(np.asarray(second32[-1]) - second64[-1]).max() < 1e-4 * scale
+    assert np.abs(np.asarray(mean32[-1]) - mean64[-1]).max() < 1e-4 * scale**0.5

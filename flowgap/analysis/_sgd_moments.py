@@ -19,6 +19,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from .._checks import as_scalar, is_concrete, one_of, positive_int, positive_scalar
+from .._precision import attainable_tolerances
 from ..dynamics._flow_options import check_ts
 
 Moments = tuple[Float[Array, "saves d"], Float[Array, "saves d d"]]
@@ -243,8 +244,8 @@ def sde_moments(
     order: int = 1,
     replace: bool = True,
     label_noise: Real[ArrayLike, ""] = 0.0,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 100_000,
 ) -> Moments:
     r"""The exact mean and second moment of SGD's stochastic modified equation on
@@ -274,8 +275,10 @@ def sde_moments(
     - `t1`: the final time > 0. `ts`: save times, non-decreasing, from 0 to at
       most t1 (default 0 and t1); SGD's step k is t = kη.
     - `order`: 1 or 2, the drift's order in η.
-    - `rtol`, `atol`: the controller's tolerances. `max_steps`: the solver's cap
-      (a solve that reaches it raises).
+    - `rtol`, `atol`: the controller's tolerances (default 1e-12 both; for
+      data coarser than float64, raised to the floor it can meet, rtol = 100·ε,
+      1.2e-5 in float32). `max_steps`: the solver's cap (a solve that reaches it
+      raises).
 
     **Returns:** `(means, second_moments)` at `ts`, shapes (len(ts), d) and
     (len(ts), d, d).
@@ -291,6 +294,10 @@ def sde_moments(
     noise_var = _check_label_noise(label_noise, x.dtype) ** 2 / b
     t1 = positive_scalar("t1", t1).astype(x.dtype)
     ts = check_ts(ts, t1).astype(x.dtype)
+    # 1e-12 is far below what float32 can meet: its solve would crawl on round-off
+    default = attainable_tolerances(1e-12, 1e-12, x.dtype)
+    rtol = default[0] if rtol is None else rtol
+    atol = default[1] if atol is None else atol
     tols = (positive_scalar("rtol", rtol), positive_scalar("atol", atol))
     max_steps = positive_int("max_steps", max_steps)
     return _moment_ode(

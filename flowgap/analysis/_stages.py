@@ -5,6 +5,15 @@ import dataclasses
 
 import numpy as np
 
+from .._precision import tolerance_floor
+
+# In float64 the cut is 1e-10 · L(0), set by a flow's `atol`; a coarser loss
+# curve is resolved to about (100·ε)² · L(0) only (100·ε is the relative accuracy
+# a flow there is solved to, and the loss is a mean square of residuals), and
+# below ten times that its wiggles would count as stages.
+_FLOOR_64 = 1e-10
+_FLOOR_ULPS_SQUARED = 10
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -24,7 +33,7 @@ class Stage:
 
 
 def detect_stages(
-    ts, loss, *, maps=None, flat=0.05, min_drop=0.1, rank_tol=1e-2, floor=1e-10
+    ts, loss, *, maps=None, flat=0.05, min_drop=0.1, rank_tol=1e-2, floor=None
 ) -> list[Stage]:
     r"""Split a loss curve into plateaus and loss-decrease stages.
 
@@ -42,10 +51,15 @@ def detect_stages(
     `maps`: optional end-to-end maps at the saves (leading axis = saves); the
     rank after each stage counts singular values above `rank_tol` times the
     largest one. The curve is cut where L first falls below `floor` · L(0): below
-    that a flow's loss is solver noise (its `atol`), not dynamics.
+    that a flow's loss is solver noise (its `atol`), not dynamics. By default
+    `floor` is 1e-10, raised for a loss coarser than float64 to 10·(100·ε)²
+    (1.4e-9 in float32), where its round-off starts.
 
     **Returns:** the stages, in time order.
     """
+    if floor is None:
+        resolution = tolerance_floor(np.result_type(np.asarray(loss).dtype, "f4"))
+        floor = max(_FLOOR_64, _FLOOR_ULPS_SQUARED * resolution**2)
     ts = np.asarray(ts, dtype=float)
     loss = np.asarray(loss, dtype=float)
     if ts.ndim != 1 or ts.shape != loss.shape or ts.size < 3:

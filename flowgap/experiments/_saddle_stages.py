@@ -6,19 +6,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import analysis
+from .._precision import RESOLVED_ULPS, params_dtype, warn_if_unresolved
 
 
 def staircases(runs, scales):
     """The stages found on every run: the table rows, the linear net's stages
-    keyed by (clock, index of the scale), and each run's loss and singular
-    values of W₂W₁."""
-    rows, stages, curves = [], {}, {}
+    keyed by (clock, index of the scale), each run's loss and singular values
+    of W₂W₁, and the linear runs' round-off-seeded stages (`round_off_seeded`)
+    as (scale, clock, stage) triples."""
+    rows, stages, curves, seeded = [], {}, {}, []
     for (activation, scale), pair in runs.items():
         for clock, traj in pair.items():
             maps = two_layer_maps(traj)
             found = analysis.detect_stages(traj.ts, traj.loss, maps=maps)
             if activation == "linear":
                 stages[clock, scales.index(scale)] = found
+                seeded += [(scale, clock, k) for k in round_off_seeded(traj, found)]
             for k, stage in enumerate(found):
                 rows.append(
                     dict(
@@ -37,7 +40,7 @@ def staircases(runs, scales):
             curves[f"{key}/ts"] = np.asarray(traj.ts)
             curves[f"{key}/loss"] = np.asarray(traj.loss)
             curves[f"{key}/singular_values"] = np.linalg.svd(maps, compute_uv=False)
-    return rows, stages, curves
+    return rows, stages, curves, seeded
 
 
 def two_layer_maps(traj):
@@ -54,7 +57,9 @@ def slowdown(stages, sigma, lr, scales, flow_saves_per_step=1):
     the difference of two starts to ±ε and each slope to ±ε/Δδ."""
     delta = np.log(scales[0]) - np.log(scales[1])
     fits = []
-    for k in range(min(len(stages["gd", 0]), len(stages["gd", 1]), len(sigma))):
+    # a run may find fewer stages than another (e.g. one cut short by `t1`)
+    found = min(len(stages[c, i]) for c in ("gd", "gf") for i in (0, 1))
+    for k in range(min(found, len(sigma))):
         slope = {
             c: (stages[c, 1][k].start - stages[c, 0][k].start) / delta
             for c in ("gd", "gf")
@@ -75,6 +80,34 @@ def slowdown(stages, sigma, lr, scales, flow_saves_per_step=1):
             )
         )
     return fits
+
+
+def round_off_seeded(traj, found) -> list[int]:
+    r"""The stages k ≥ 2 of a two-layer run whose plateau ended by round-off.
+
+    Plateau k ends when the units' component along the k-th singular pair,
+    seeded at the init scale α and grown while the earlier stages ran, reaches
+    O(1). That component is s_k(W₁), the k-th singular value of W₁; if at the end
+    of some earlier stage it is within 10 ulps of s₁(W₁), the round-off of the
+    stages (a few ε · s₁(W₁) in every direction) has replaced the seed, and the
+    plateau is shorter than −ln α predicts. From α = 1e-16 in float32 (ε =
+    1.2e-7; seed ≈ α^(1 − σ_k/σ₁) at the first escape) this is every plateau
+    after the first; in float64 none.
+
+    **Returns:** those stage numbers (from 1).
+    """
+    dtype = params_dtype(traj.models)
+    eps = float(np.finfo(dtype).eps)
+    ts, w1 = np.asarray(traj.ts), np.asarray(traj.models.w1)
+    ends = [min(int(np.searchsorted(ts, x.end)), len(ts) - 1) for x in found]
+    values = [np.linalg.svd(w1[i], compute_uv=False) for i in ends]
+    seeded = []
+    for k in range(2, min(len(found), min(w1.shape[1:])) + 1):
+        ratio = min(v[k - 1] / v[0] for v in values[: k - 1])
+        warn_if_unresolved("seed of a plateau, s_k(W₁)/s₁(W₁)", ratio, 1.0, dtype)
+        if ratio <= RESOLVED_ULPS * eps:
+            seeded.append(k)
+    return seeded
 
 
 def unit_alignment(traj, coefficient):

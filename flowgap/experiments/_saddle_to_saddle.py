@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
+from .._precision import attainable, params_dtype
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
 from ._saddle_stages import (
@@ -105,7 +106,8 @@ def _runs(problem, s, steps, progress):
             net,
             t1=s["t1"],
             ts=jnp.linspace(0.0, s["t1"], steps * s["flow_saves_per_step"] + 1),
-            rtol=1e-10,
+            # 1e-10 in float64; a coarser dtype's floor (100·ε) otherwise
+            rtol=attainable(1e-10, params_dtype(net)),
             # weights start at α: an absolute tolerance above α would switch off
             # error control on the plateau and misplace the escape
             atol=1e-4 * scale,
@@ -156,7 +158,7 @@ def run(
     coefficient = np.asarray(problem.targets.T @ problem.inputs / s["n"])
     sigma = np.linalg.svd(coefficient, compute_uv=False)
     runs = _runs(problem, s, steps, progress)
-    rows, stages, curves = staircases(runs, s["scales"])
+    rows, stages, curves, seeded = staircases(runs, s["scales"])
     small = runs["linear", s["scales"][1]]["gd"]
     curves["alignment"] = unit_alignment(small, coefficient)
     layer_curves, layer_stages = _layerwise(problem, s)
@@ -166,6 +168,8 @@ def run(
         slowdown=slowdown(
             stages, sigma, s["lr"], s["scales"], s["flow_saves_per_step"]
         ),
+        # (scale, clock, stage) whose plateau round-off ended (never in float64)
+        round_off_seeded=[list(x) for x in seeded],
         alignment_at_first_escape=alignment_at_escape(
             stages["gd", 1], small.ts, curves["alignment"]
         ),
@@ -236,6 +240,15 @@ class SaddleToSaddleResult(ExperimentResult):
             notes.append(
                 "median alignment ratio ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖ at the end of the first "
                 f"plateau (GD, α = {self.settings['scales'][1]:g}): {a:.2e}"
+            )
+        seeded = self.fits.get("round_off_seeded", [])
+        if seeded:
+            where = ", ".join(f"{c.upper()} α = {a:g} stage {k}" for a, c, k in seeded)
+            notes.append(
+                f"round-off, not α, seeded these plateaus' escape ({where}): the "
+                "seed s_k(W₁) at the end of an earlier stage was within 10 ulps of "
+                "s₁(W₁), so their starts and the slowdown rows of those stages "
+                "measure the dtype, not −ln α; run in float64"
             )
         r = self.fits["layerwise_plateau_ratio"]
         notes.append(
