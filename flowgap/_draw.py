@@ -1,5 +1,5 @@
 """Random draws made in float64 and then cast, so that a seed gives the same
-data and initialisation in every precision (docs: guide/precision.md)."""
+data and initialisation in every precision (docs: concepts.md, precision)."""
 
 import functools
 from collections.abc import Callable
