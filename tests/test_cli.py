@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from flowgap import _cli as cli
+from flowgap import _cli_parser as cli_parser
 from flowgap._cli import main
 from flowgap.experiments import ExperimentResult, Panel, Series, _registry
 from flowgap.experiments._output import FolderClosed, RunFolder, json_text, write_json
@@ -190,8 +190,10 @@ def test_help_and_list_import_neither_jax_nor_numpy(args):
 def test_job_listing_is_the_registry():
     """`--help` and `list` read names and summaries from the job modules' source;
     they must be the registry's, in its order."""
-    assert cli._jobs() == {e.name: e.summary for e in _registry.EXPERIMENTS.values()}
-    assert list(cli._jobs()) == list(_registry.EXPERIMENTS)
+    assert cli_parser.jobs() == {
+        e.name: e.summary for e in _registry.EXPERIMENTS.values()
+    }
+    assert list(cli_parser.jobs()) == list(_registry.EXPERIMENTS)
 
 
 def test_list_and_help_name_every_job(capsys):

@@ -9,8 +9,8 @@ import pytest
 import flowgap
 from flowgap.experiments import EXPERIMENTS
 from flowgap.experiments._settings import SettingError, resolve
-from flowgap.experiments._step_vs_flow import LEFT_FLOW
 from flowgap.experiments._step_vs_flow import run as run_job
+from flowgap.experiments._step_vs_flow_sweep import LEFT_FLOW
 from flowgap.sweeps import sweep
 
 EXPERIMENT = EXPERIMENTS["step-vs-flow"]

@@ -8,21 +8,18 @@ gap ‖θ_GD(T) − θ_GF(T)‖, and fits the gap exponent p in gap ∝ ηᵖ (p
 the flow's explicit Euler method).
 """
 
-import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
-from .. import dynamics, models, problems
+from .. import dynamics, models
 from ._figure import Panel, Series, shades
 from ._ladder import fit_against_lr, label_lrs, ladder_steps, slope_text, tone
 from ._result import ExperimentResult
 from ._settings import Setting, SettingError
-from ._sweepable import Sweepable
+from ._step_vs_flow_sweep import SWEEP as SWEEP
+from ._step_vs_flow_sweep import distance, draw_problem, exact_flow, recovery_error_of
 from ._table import Column
 
 NAME = "step-vs-flow"
@@ -67,154 +64,6 @@ SETTINGS = (
 
 QUICK = dict(n=10, d=20, sparsity=2, lrs=(0.04, 0.02, 0.01), t1=4.0, saves=50)
 
-
-# The science `flowgap run` (a ladder of rates to one horizon t1, both nets, one
-# flow per net) and `flowgap sweep` (`point`: the plain net, one flow per point, to
-# the same horizon t1) share: the problem, the flow solver and the measurements.
-# Where the sweep's longest run is t1/lr steps, `point` gives the run's plain-net
-# numbers bit for bit.
-
-#: a run "left the flow" when ‖θ_GD(T) − θ_GF(T)‖ > LEFT_FLOW · ‖θ_GF(T)‖
-LEFT_FLOW = 0.1
-
-
-def _problem(settings, key):
-    """The sparse-recovery problem drawn by `key`."""
-    s = settings
-    return problems.sparse_recovery(key, n=s["n"], d=s["d"], sparsity=s["sparsity"])
-
-
-def _flow(loss, model, settings, *, t1, **options):
-    """The exact gradient flow to `t1`: Dopri8 at the job's `rtol` and `atol`;
-    `options` (`ts`, `rates`, `max_steps`) go to `dynamics.gradient_flow`."""
-    return dynamics.gradient_flow(
-        loss,
-        model,
-        t1=t1,
-        solver=diffrax.Dopri8(),
-        rtol=settings["rtol"],
-        atol=settings["atol"],
-        **options,
-    )
-
-
-def _recovery_error(trajectory, truth):
-    """‖β − β*‖ at the end of `trajectory`."""
-    return jnp.linalg.norm(trajectory.final.end_to_end() - truth)
-
-
-def _distance(a, b, *, batch_dims: int = 0):
-    """‖a − b‖₂ over the trainable leaves, per index of the leading `batch_dims`
-    axes (1 for two trajectories' `models`: one value per save)."""
-    la = jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))
-    lb = jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))
-    squares = sum(
-        jnp.sum((x - y) ** 2, axis=tuple(range(batch_dims, x.ndim)))
-        for x, y in zip(la, lb)
-    )
-    return jnp.sqrt(squares)
-
-
-class _MovesFor(eqx.Module):
-    """An optimizer factory for `dynamics.gradient_descent`: plain GD,
-    `optax.sgd(lr)`, whose updates are kept for the first `steps` steps and zero
-    after (selected, not multiplied, so a non-finite gradient at the frozen θ
-    moves nothing), so a program of any static length ≥ `steps` ends at θ_steps.
-    `steps` is traced: one compiled program serves every lr of a sweep."""
-
-    steps: Float[Array, ""]
-
-    def __call__(self, lr):
-        def update(updates, count, params=None):
-            keep = count < self.steps
-            kept = jax.tree.map(lambda u: jnp.where(keep, u, 0.0), updates)
-            return kept, count + 1
-
-        freeze = optax.GradientTransformation(lambda _: jnp.array(0), update)
-        return optax.chain(optax.sgd(lr), freeze)
-
-
-def point(settings, *, key, lr, scale=None):
-    r"""One sweep point: the plain diagonal net on the problem drawn by `key`, by
-    GD at `lr` for K = t1/lr steps and by the exact flow, compared at the one time
-    T = Kη on the clock t = kη: every lr of a sweep is compared at the horizon
-    T = `t1`. `scale` defaults to the setting.
-
-    The program runs `settings["max_steps"]` steps (from `SWEEP.settings_for`: the
-    largest K of the grid), GD moving for the first K only (`_MovesFor`), so the
-    grid compiles once while each run stops at its own K.
-
-    **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
-    `gap` ‖θ_GD(T) − θ_GF(T)‖, `relative_gap` gap/‖θ_GF(T)‖, `left_flow` (1 when
-    the relative gap exceeds `LEFT_FLOW`: GD is O(1) away from the flow, not O(η)),
-    `time` T = Kη, `final_loss` (GD) and `status` (GD's, else GF's).
-    """
-    s = settings
-    scale = s["scale"] if scale is None else scale
-    problem = _problem(s, key)
-    model = models.DiagonalNet(s["d"], depth=s["depth"], scale=scale)
-    steps = jnp.round(s["t1"] / lr)
-    gd = dynamics.gradient_descent(
-        problem.loss,
-        model,
-        lr=lr,
-        steps=s["max_steps"],
-        save_every=s["max_steps"],
-        optimizer=_MovesFor(steps),
-    )
-    time = steps * lr
-    gf = _flow(problem.loss, model, s, t1=time)
-    gap = _distance(gd.final, gf.final)
-    relative_gap = gap / optax.tree.norm(eqx.filter(gf.final, eqx.is_inexact_array))
-    gd_status = dynamics.status_code(gd.result)
-    gf_status = dynamics.status_code(gf.result)
-    return dict(
-        recovery_error=_recovery_error(gd, problem.truth),
-        flow_recovery_error=_recovery_error(gf, problem.truth),
-        gap=gap,
-        relative_gap=relative_gap,
-        left_flow=(relative_gap > LEFT_FLOW).astype(jnp.int32),
-        time=time,
-        final_loss=gd.final_loss,
-        status=jnp.where(gd_status != 0, gd_status, gf_status),
-    )
-
-
-def prepare_sweep(settings, grid):
-    """The settings of a sweep over `grid`: `max_steps`, the largest t1/lr over
-    the `lr` axis. Raises `SettingError` without an `lr` axis, or when t1 is not a
-    whole number of steps of some lr (so every run ends exactly at T = t1)."""
-    if "lr" not in grid:
-        raise SettingError(
-            "sweeping step-vs-flow needs a `--grid lr=...` axis (each lr runs "
-            "t1/lr steps to the horizon t1)"
-        )
-    try:
-        steps = ladder_steps(settings["t1"], [float(lr) for lr in grid["lr"]])
-    except SettingError as error:
-        raise SettingError(
-            f"`--grid` axis `lr`: {str(error).removeprefix('setting `lrs`: ')} "
-            "(every lr runs t1/lr steps; choose lrs dividing t1, or --set t1=...)"
-        ) from None
-    return {**settings, "max_steps": max(steps.values())}
-
-
-def _context(settings):
-    return f"horizon T = {settings['t1']:g} for every lr (K = T/lr GD steps)"
-
-
-SWEEP = Sweepable(
-    axes=("scale", "lr"),
-    point=point,
-    metric="gap",
-    prepare=prepare_sweep,
-    context=_context,
-    flag="left_flow",
-    flag_meaning=(
-        f"GD left the flow, ‖θ_GD(T) − θ_GF(T)‖ > {LEFT_FLOW:g}·‖θ_GF(T)‖ (an O(1) "
-        "gap, not the O(η) error of the flow's Euler method)"
-    ),
-)
 
 #: each net's colour ramp in the figure
 COLOURS = {"plain": "Blues", "polar": "Oranges"}
@@ -366,7 +215,7 @@ def _row(model_name, clock, traj, truth, steps, gap=None):
         model=model_name,
         clock=clock,
         final_loss=float(traj.final_loss),
-        recovery_error=float(_recovery_error(traj, truth)),
+        recovery_error=float(recovery_error_of(traj, truth)),
         gap=gap,
         steps=int(steps),
         status=dynamics.RESULTS[traj.result] or "ok",
@@ -382,7 +231,7 @@ def _against_flow(s, problem, name, net, steps, bar):
     model, rates, projection = net
     bar.set_postfix_str(f"{name} GF")
     ts = jnp.linspace(0.0, s["t1"], s["saves"] + 1)
-    flow = _flow(
+    flow = exact_flow(
         problem.loss, model, s, t1=s["t1"], ts=ts, max_steps=1_000_000, rates=rates
     )
     bar.update()
@@ -400,10 +249,10 @@ def _against_flow(s, problem, name, net, steps, bar):
             rates=rates,
             projection=projection,
         )
-        gaps.append(float(_distance(gd.final, flow.final)))
+        gaps.append(float(distance(gd.final, flow.final)))
         rows.append(_row(name, f"GD lr={lr:g}", gd, problem.truth, steps[lr], gaps[-1]))
         key = f"{name}/gd/{lr:g}"
-        curves[f"{key}/gap"] = _distance(gd.models, flow.models, batch_dims=1)
+        curves[f"{key}/gap"] = distance(gd.models, flow.models, batch_dims=1)
         curves[f"{key}/ts"], curves[f"{key}/loss"] = gd.ts, gd.loss
         bar.update()
     curves[f"{name}/gaps"] = np.asarray(gaps)
@@ -416,7 +265,7 @@ def run(settings, *, seed: int, progress: bool = True) -> StepVsFlowResult:
     if s["sparsity"] > s["d"]:
         raise SettingError(f"setting `sparsity` must be ≤ d = {s['d']}")
     steps = ladder_steps(s["t1"], s["lrs"], s["saves"])
-    problem = _problem(s, jax.random.key(seed))
+    problem = draw_problem(s, jax.random.key(seed))
     rows, fits, curves = [], {}, {}
     nets = _models(s)
     total = len(nets) * (len(s["lrs"]) + 1)

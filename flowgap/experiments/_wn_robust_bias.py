@@ -26,9 +26,9 @@ from .. import problems
 from ._settings import Setting, SettingError
 from ._sweepable import Sweepable
 from ._wn_robust_bias_report import WNRobustBiasResult as WNRobustBiasResult
-from ._wn_robust_bias_report import findings as findings
-from ._wn_robust_bias_report import limit_gaps, rows_for
-from ._wn_robust_bias_report import lookup as lookup
+from ._wn_robust_bias_rows import findings as findings
+from ._wn_robust_bias_rows import limit_gaps, rows_for
+from ._wn_robust_bias_rows import lookup as lookup
 from ._wn_robust_bias_train import (
     FAMILIES,
     METHODS,

@@ -1,0 +1,173 @@
+"""wn-robust-bias's rows: one per grid point from the grids' values, the gaps to
+the predicted limits, the headline findings and the precision notes."""
+
+import math
+
+import numpy as np
+
+from .. import dynamics
+from ._wn_robust_bias_train import METHOD_NAMES, ULPS
+
+
+def _status_name(code: int) -> str:
+    name = dynamics.status_name(code)
+    if name == "event_occurred":
+        return "converged"
+    if name == "successful":
+        return "budget"  # ran out of steps / time before L < tol
+    return {"max_steps_reached": "max_steps"}.get(name, name)
+
+
+def _float(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _floats(pair, family):
+    """One number for the stacked net, [u, v] for split, None for plain."""
+    if family == "plain":
+        return None
+    if family == "polar":
+        return _float(pair[0])
+    return [_float(p) for p in pair]
+
+
+def rows_for(family, depth, method, values, s, theory) -> list[dict]:
+    """One row per grid point of one (family, depth, method)."""
+    rows = []
+    ratios = s["ratios"] if family != "plain" else (None,)
+    for i, scale in enumerate(s["scales"]):
+        for j, ratio in enumerate(ratios):
+            rows.append(
+                dict(
+                    model=family,
+                    depth=depth,
+                    method=method,
+                    scale=float(scale),
+                    ratio=ratio,
+                    recovery_error=float(values["recovery_error"][i, j]),
+                    final_loss=float(values["final_loss"][i, j]),
+                    time=float(values["time"][i, j]),
+                    steps=int(values["steps"][i, j]),
+                    status=_status_name(int(values["status"][i, j])),
+                    solver=(
+                        ("Kvaerno5" if values["implicit"][i, j] else "Tsit5")
+                        if method == "gf"
+                        else "-"
+                    ),
+                    r_inf=_floats(values["radius"][i, j], family),
+                    direction_norm=_floats(values["direction_norm"][i, j], family),
+                    alpha_eff=_floats(values["alpha_eff"][i, j], family),
+                    theory_error=_float(theory["error"][i, j]),
+                    limit_gap=_float(theory["gap"][i, j]),
+                )
+            )
+    return rows
+
+
+def limit_gaps(rows) -> dict:
+    """Largest relative gap polar-flow limit vs theory, per model and depth."""
+    out = {}
+    for r in rows:
+        if r["method"] == "gf" and r["limit_gap"] is not None and r["model"] != "plain":
+            key = f"{r['model']}/L{r['depth']}"
+            out[key] = max(out.get(key, 0.0), r["limit_gap"])
+    return out
+
+
+def lookup(rows, **where):
+    """The rows matching every `key=value` of `where`."""
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def findings(rows, settings) -> dict:
+    """The headline comparisons, from the rows: per α (depth 2), the plain flow's
+    error, the stacked polar flow's best error over ρ, and the best discrete
+    polar variant's error, each as a ratio to the plain error."""
+    out = {}
+    for scale in settings["scales"]:
+        plain = lookup(rows, model="plain", depth=2, method="gf", scale=scale)
+        if not plain:
+            continue
+        base = plain[0]["recovery_error"]
+        polar = lookup(rows, model="polar", depth=2, method="gf", scale=scale)
+        discrete = [
+            r
+            for r in rows
+            if r["depth"] == 2
+            and r["model"] != "plain"
+            and r["method"] in ("rpgd", "sk")
+            and r["scale"] == scale
+            and r["status"] == "converged"
+        ]
+        parts = [f"plain GF {base:.2e}"]
+        if polar:
+            best = min(polar, key=lambda r: r["recovery_error"])
+            parts.append(
+                f"polar GF best {best['recovery_error']:.2e} (ρ={best['ratio']:g}, "
+                f"×{best['recovery_error'] / base:.2g})"
+            )
+        if discrete:
+            best = min(discrete, key=lambda r: r["recovery_error"])
+            parts.append(
+                f"best discrete polar {best['recovery_error']:.2e} ({best['model']} "
+                f"{best['method']}, ρ={best['ratio']:g}, "
+                f"×{best['recovery_error'] / base:.2g})"
+            )
+        out[f"L=2 α={scale:g}"] = "; ".join(parts)
+    return out
+
+
+def precision_notes(rows, fits, curves) -> list[str]:
+    """What the run's dtype changed: the tolerances raised (`attainable`), and
+    how many recovery errors (relative to ‖β*‖) and limit gaps are within 100ε,
+    i.e. round-off (a 0 among them is left out of the log-scale panels)."""
+    precision = fits.get("precision")
+    if not precision:
+        return []
+    floor = ULPS * precision["eps"]
+    scale = float(np.linalg.norm(curves["truth"]))
+    errors = sum(r["recovery_error"] <= floor * scale for r in rows)
+    gaps = sum(r["limit_gap"] is not None and r["limit_gap"] <= floor for r in rows)
+    raised = precision["raised"]
+    out = []
+    if raised:
+        changes = ", ".join(
+            f"{k} {v['asked']:.3g} → {v['used']:.3g}" for k, v in raised.items()
+        )
+        out.append(
+            f"{precision['dtype']} (ε = {precision['eps']:.3g}): tolerances below "
+            f"{ULPS}ε raised to what it resolves: {changes}"
+        )
+    if errors or gaps:
+        out.append(
+            f"at {precision['dtype']} resolution (≤ {ULPS}ε = {floor:.2g} relative, "
+            f"round-off): {errors} recovery errors, {gaps} limit gaps"
+        )
+    return out
+
+
+def alpha_label(scale) -> str:
+    return f"α={scale:g}"
+
+
+def table_rows(rows) -> list[dict]:
+    """One row per (model, depth, method, ρ), with the recovery error per α as
+    text: `*` where the flow was solved by Kvaerno5, `!` where it did not
+    converge."""
+    groups = {}
+    for r in rows:
+        key = (r["model"], r["depth"], r["method"], r["ratio"])
+        group = groups.setdefault(
+            key,
+            dict(
+                model=r["model"],
+                depth=r["depth"],
+                method=METHOD_NAMES[r["method"]],
+                ratio=r["ratio"],
+            ),
+        )
+        mark = "*" if r["solver"] == "Kvaerno5" else ""
+        mark += "" if r["status"] == "converged" else "!"
+        group[alpha_label(r["scale"])] = f"{r['recovery_error']:.2e}{mark}"
+    return list(groups.values())
