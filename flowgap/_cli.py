@@ -39,6 +39,8 @@ def _sweep(args) -> int:
     from .experiments._sweep_runner import resume_sweep, run_sweep
     from .sweeps._spec import parse_axis
 
+    _use_compilation_cache()
+
     progress = not args.no_progress
     if args.resume is not None:
         extra = [
@@ -100,9 +102,39 @@ class _RunInterrupted(KeyboardInterrupt):
         self.progress = progress
 
 
+def _use_compilation_cache() -> None:
+    """Keep XLA's compiled programs on disk between `flowgap` runs: JAX's
+    persistent compilation cache, in `$FLOWGAP_CACHE_DIR` (default
+    `$XDG_CACHE_HOME/flowgap/xla`, else `~/.cache/flowgap/xla`; `off` disables
+    it), unless the user set JAX's own `JAX_COMPILATION_CACHE_DIR`. A repeated
+    job loads its programs instead of compiling them; programs with host
+    callbacks (runtime error checks, progress meters) are compiled every time,
+    as JAX cannot store them. Results are the same bits either way."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # the user's own choice
+        return
+    folder = os.environ.get("FLOWGAP_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        folder = os.path.join(base, "flowgap", "xla")
+    if folder.strip().lower() in ("", "off", "0", "false", "no"):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        print(f"flowgap: compilation cache off ({err})", file=sys.stderr)
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # JAX stores only programs slower to compile than this (default 1 s); most
+    # of a job's programs take 0.2–1 s, and reading one back takes milliseconds
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def _run(args) -> int:
     from .experiments._registry import prepare
 
+    _use_compilation_cache()
     overrides = _overrides(args.overrides)
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0, got {args.seed}")

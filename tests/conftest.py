@@ -1,7 +1,15 @@
+import os
+
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+# `flowgap run` keeps compiled programs in a persistent cache; the suite runs the
+# CLI in-process and in subprocesses, and must neither write to the user's cache
+# nor switch JAX's cache on for its own process (tests that check the cache pass
+# their own folder)
+os.environ["FLOWGAP_CACHE_DIR"] = "off"
 
 
 @pytest.fixture

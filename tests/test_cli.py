@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -14,13 +15,14 @@ from flowgap.experiments._output import FolderClosed, RunFolder, json_text, writ
 from flowgap.experiments._table import Column
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "flowgap._cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=600,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -66,7 +68,9 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path, monkey
 
 def test_quick_run_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "run"
-    done = _cli("run", "step-vs-flow", "--quick", "--no-progress", "--out", str(out))
+    cache = dict(FLOWGAP_CACHE_DIR=str(tmp_path / "xla"))
+    quick = ("run", "step-vs-flow", "--quick", "--no-progress", "--out")
+    done = _cli(*quick, str(out), env=cache)
     assert done.returncode == 0, done.stderr
     assert "gap exponent (plain)" in done.stdout
     settings = json.loads((out / "settings.json").read_text())
@@ -84,6 +88,15 @@ def test_quick_run_writes_a_loadable_folder(tmp_path):
     assert "Traceback" not in again.stderr
     assert json.loads((out / "status.json").read_text()) == {"state": "complete"}
     assert "status.json" in done.stdout.splitlines()[-1]
+    # the compiled programs were kept on disk, and a run that loads them gives
+    # the same bits
+    assert any((tmp_path / "xla").iterdir())
+    warm = _cli(*quick, str(tmp_path / "warm"), env=cache)
+    assert warm.returncode == 0, warm.stderr
+    a, b = (np.load(folder / "arrays.npz") for folder in (out, tmp_path / "warm"))
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        assert a[key].tobytes() == b[key].tobytes(), key
 
 
 def test_same_seed_same_bytes(tmp_path):
