@@ -94,7 +94,7 @@ SETTINGS = (
     ),
 )
 
-QUICK = dict(lrs=(0.2,), t1=300.0, sharpness_points=100)
+QUICK = dict(lrs=(0.2,), t1=300.0, sharpness_points=100, lanczos_steps=12)
 
 
 class CentralFlowResult(ExperimentResult):
@@ -111,6 +111,13 @@ class CentralFlowResult(ExperimentResult):
 
     FIGURE_COLUMNS = 4
     PANEL_SIZE = (5.0, 3.8)
+
+    def _preset(self):
+        """The settings with the data set's preset filled in: a result loaded
+        from its folder has the settings as given (0 and empty: the preset)."""
+        preset = PRESETS[self.settings["data"]]
+        given = self.settings
+        return {n: given[n] or v for n, v in preset.items() if n in given}
 
     def title(self):
         return f"central flow against GD on {self.settings['data']}"
@@ -139,14 +146,14 @@ class CentralFlowResult(ExperimentResult):
             "re-anchored at GD's average at `anchor`; 'at t1': the ratio at the "
             "end, from the initialisation.",
             "held: most eigenvalues the central flow held at 2/η at once (of k = "
-            f"{self.settings['k']}; reaching k means k may be too small).",
+            f"{self._preset()['k']}; reaching k means k may be too small).",
             "loss err: largest |L_pred/L̄ − 1| past departure (re-anchored); edge "
             "err: largest |λ_CF·η/2 − 1| there.",
         ]
 
     def panels(self):
         panels = []
-        for lr in self.settings["lrs"]:
+        for lr in self._preset()["lrs"]:
             panels.extend(_rate_panels(f"{lr:g}", lr))
         return panels
 

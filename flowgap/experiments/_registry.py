@@ -120,20 +120,21 @@ class Job:
     stage: str = "starting"  # then "computing", "saving", "complete", "failed"
 
     def begin(self) -> None:
-        from importlib.metadata import version
-
         if self.folder is None:
             return
-        self.folder.write_json(
-            "settings.json",
-            dict(
-                experiment=self.experiment.name,
-                flowgap=version("flowgap"),
-                **self.meta,
-                settings=self.settings,
-            ),
-        )
+        self._write_settings(self.settings)
         self.folder.write_json("status.json", dict(state="running"))
+
+    def _write_settings(self, settings: Mapping) -> None:
+        from importlib.metadata import version
+
+        record = dict(
+            experiment=self.experiment.name,
+            flowgap=version("flowgap"),
+            **self.meta,
+            settings=settings,
+        )
+        self.folder.write_json("settings.json", record)
 
     def compute(self, progress: bool = True):
         """Run the experiment and save its folder. **Returns:** the result."""
@@ -144,6 +145,10 @@ class Job:
             )
             if self.folder is not None:
                 self.stage = "saving"
+                if dict(result.settings) != dict(self.settings):
+                    # the job filled in defaults it derives (a data set's preset):
+                    # settings.json records the values the run used
+                    self._write_settings(result.settings)
                 _save(self.folder, result)
                 self.folder.write_json(
                     "status.json", dict(state="complete"), then=self._completed

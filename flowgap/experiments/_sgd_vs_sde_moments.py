@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import analysis, dynamics, problems
+from .._precision import attainable
 from ._settings import SettingError
 
 #: the approximations of SGD compared on the exact moments, with their orders
@@ -100,18 +101,57 @@ def _relative_covariance_error(reference, other) -> float:
     return float(np.linalg.norm(cov - _covariance(*other)) / np.linalg.norm(cov))
 
 
+#: an error is resolved above this many precision floors (then fitted)
+RESOLVED = 3
+
+
+def precision_floors(x, y, reference, dtype) -> dict:
+    """The errors the working precision alone can put into the two measures at
+    one η, from SGD's exact moments (m, S) (`reference`): the moment solves hold
+    S and m to the relative tolerance r = `attainable(1e-12, dtype)` (1e-12 in
+    float64, 100·ε ≈ 1.2e-5 in float32), so
+
+    - Cov = S − mmᵀ carries ‖δCov‖_F/‖Cov‖_F ≲ r·‖S‖_F/‖Cov‖_F: the
+      cancellation amplifies r by ‖S‖/‖Cov‖, which grows like 1/η (the spread
+      shrinks with η while the mean does not);
+    - E L = ½⟨A, S⟩ − cᵀm + ‖y‖²/2n carries r·(½|⟨A, S⟩| + |cᵀm| + ‖y‖²/2n).
+
+    The floor bounds the error's uncertainty, as a standard error bounds a Monte
+    Carlo estimate's; as there (`analysis.weak_error_exponent`), an error counts
+    as resolved above `RESOLVED` floors."""
+    mean, second = reference
+    n = x.shape[0]
+    a, c = x.T @ x / n, x.T @ y / n
+    r = attainable(1e-12, dtype)
+    ratio = np.linalg.norm(second) / np.linalg.norm(_covariance(mean, second))
+    terms = 0.5 * abs((a * second).sum()) + abs(c @ mean) + 0.5 * (y @ y) / n
+    return dict(cov=r * ratio, weak=r * terms)
+
+
+def _resolved_fit(lrs, errors, resolved) -> dict:
+    """The log–log fit of the resolved errors (all of them when every point is
+    resolved), with `points` fitted; NaN slope and interval with fewer than 3."""
+    if resolved.sum() < 3:
+        nan = float("nan")
+        return dict(slope=nan, ci=(nan, nan), points=int(resolved.sum()))
+    fit = analysis.loglog_slope(lrs[resolved], errors[resolved])
+    return {**fit, "points": int(resolved.sum())}
+
+
 def ladder(problem, s) -> dict:
     """Covariance and weak errors of each approximation over the ladder
     η_j = lr/2^j, with their log–log fits.
 
     **Returns:** `lrs`, `cov_error` and `weak_error` (name → errors per η),
-    `expected_loss` (name → E L at T per η, SGD included), `cov_fits` and
-    `weak_fits` (name → `loglog_slope` dict; `weak_error_exponent`'s for the
-    weak errors)."""
+    `expected_loss` (name → E L at T per η, SGD included), `floors` (`cov`,
+    `weak` → `precision_floors` per η), `resolved` (`cov`/`weak` → name → bool
+    per η: error above its floor), `cov_fits` and `weak_fits` (name →
+    `loglog_slope` dict of the resolved points, with `points`)."""
     lrs = s["lr"] / 2.0 ** np.arange(s["rungs"])
     x, y = np.asarray(problem.inputs), np.asarray(problem.targets)
     cov_error = {name: [] for name in APPROXIMATIONS}
     losses = {name: [] for name in ("sgd", *APPROXIMATIONS)}
+    floors = dict(cov=[], weak=[])
     for lr in lrs:
         moments = moments_at(problem, float(lr), s)
         for name in APPROXIMATIONS:
@@ -120,21 +160,35 @@ def ladder(problem, s) -> dict:
             )
         for name, value in moments.items():
             losses[name].append(float(expected_loss(x, y, *value)))
+        for kind, floor in precision_floors(x, y, moments["sgd"], x.dtype).items():
+            floors[kind].append(floor)
     table = analysis.weak_error_exponent(
         lrs, losses["sgd"], {name: losses[name] for name in APPROXIMATIONS}
     )
-    cov_fits = {
-        name: analysis.loglog_slope(lrs, np.asarray(errors))
-        for name, errors in cov_error.items()
-        if name != "gf"  # identically 1: no slope to fit
+    errors = dict(cov={k: np.asarray(v) for k, v in cov_error.items()})
+    errors["weak"] = table.errors
+    floors = {kind: np.asarray(v) for kind, v in floors.items()}
+    resolved = {
+        kind: {name: e > RESOLVED * floors[kind] for name, e in errors[kind].items()}
+        for kind in errors
+    }
+    fits = {
+        kind: {
+            name: _resolved_fit(lrs, e, resolved[kind][name])
+            for name, e in errors[kind].items()
+            if not (kind == "cov" and name == "gf")  # identically 1: no slope
+        }
+        for kind in errors
     }
     return dict(
         lrs=lrs,
-        cov_error={k: np.asarray(v) for k, v in cov_error.items()},
-        weak_error=table.errors,
+        cov_error=errors["cov"],
+        weak_error=errors["weak"],
         expected_loss={k: np.asarray(v) for k, v in losses.items()},
-        cov_fits=cov_fits,
-        weak_fits=table.fits,
+        floors=floors,
+        resolved=resolved,
+        cov_fits=fits["cov"],
+        weak_fits=fits["weak"],
     )
 
 
@@ -227,6 +281,7 @@ def measure(s, key) -> tuple[list, dict, dict]:
             steps=steps_for(s["horizon"], float(lr)),
             **{f"cov_{n}": float(found["cov_error"][n][j]) for n in APPROXIMATIONS},
             **{f"weak_{n}": float(found["weak_error"][n][j]) for n in APPROXIMATIONS},
+            below_floor=_below_floor(found, j),
         )
         for j, lr in enumerate(found["lrs"])
     ]
@@ -250,6 +305,17 @@ def measure(s, key) -> tuple[list, dict, dict]:
     return rows, fits, _curves(found, check)
 
 
+def _below_floor(found, j: int) -> list[str]:
+    """The entries of row `j` within `RESOLVED` precision floors (e.g. "cov
+    SDE1"): not fitted."""
+    return [
+        f"{'cov' if kind == 'cov' else 'E L'} {name.upper()}"
+        for kind, by_name in found["resolved"].items()
+        for name, resolved in by_name.items()
+        if not resolved[j] and not (kind == "cov" and name == "gf")
+    ]
+
+
 def _fit_rows(found) -> list:
     rows = []
     for quantity, fits in (("covariance", "cov_fits"), ("E L", "weak_fits")):
@@ -261,6 +327,7 @@ def _fit_rows(found) -> list:
                     method=APPROXIMATIONS[name],
                     slope=fit["slope"],
                     ci=tuple(fit["ci"]),
+                    points=f"{fit['points']} of {len(found['lrs'])}",
                 )
             )
     return rows

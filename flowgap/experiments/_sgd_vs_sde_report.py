@@ -22,6 +22,7 @@ FIT_COLUMNS = (
     Column("method"),
     Column("slope", "p", ".3f"),
     Column("ci", "95% CI", ".3f"),
+    Column("points", "points fitted"),
 )
 
 MONTE_CARLO_COLUMNS = (
@@ -139,7 +140,21 @@ class SgdVsSdeResult(ExperimentResult):
 
     def notes(self):
         slopes = self.fits.get("woodworth_slope", {})
+        floor = [
+            f"η = {r['lr']:g}: {', '.join(r['below_floor'])}"
+            for r in self._part("moments")
+            if r.get("below_floor")
+        ]
         return [
+            *(
+                [
+                    "within 3× the precision floor (the error the dtype's "
+                    "tolerance on the moments can make, amplified by the "
+                    "cancellation in S − mmᵀ), not fitted: " + "; ".join(floor)
+                ]
+                if floor
+                else []
+            ),
             "cov X: ‖Cov_SGD − Cov_X‖_F/‖Cov_SGD‖_F at T (gradient flow: no "
             "covariance, error 1); E L: |E L(θ_SGD) − E L(X)| at T, both exact.",
             "max|z| cov: largest |Ĉ − C|/se(Ĉ) over the entries; z E L: the same "
