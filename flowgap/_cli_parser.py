@@ -122,25 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--out", help="output folder (default: a new one under runs/)")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        sub.add_argument(
-            "--dtype",
-            choices=("float64", "float32"),
-            default="float64",
-            help="precision (default float64)",
-        )
-        sub.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            type=_key_value,
-            default=[],
-            metavar="KEY=VALUE",
-            help="change a setting (repeatable)",
-        )
-        sub.add_argument("--force", action="store_true", help="overwrite --out")
-        sub.add_argument(
-            "--no-progress", action="store_true", help="hide progress bars"
-        )
+        _add_run_options(sub)
     sweep = _sweep_parser(commands)
     for p in (parser, run, sweep, *names.choices.values()):
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -185,10 +167,20 @@ def _sweep_parser(commands):
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped sweep")
     sweep.add_argument("--quick", action="store_true", help="the experiment's --quick")
     sweep.add_argument("--out", help="output folder (default: under runs/)")
-    sweep.add_argument(
-        "--dtype", choices=("float64", "float32"), default="float64", help="precision"
+    _add_run_options(sweep)
+    return sweep
+
+
+def _add_run_options(parser) -> None:
+    """The options `flowgap run NAME` and `flowgap sweep` share: precision,
+    setting changes, overwriting and progress bars."""
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision (default float64)",
     )
-    sweep.add_argument(
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -197,6 +189,5 @@ def _sweep_parser(commands):
         metavar="KEY=VALUE",
         help="change a setting (repeatable)",
     )
-    sweep.add_argument("--force", action="store_true", help="overwrite --out")
-    sweep.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return sweep
+    parser.add_argument("--force", action="store_true", help="overwrite --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
