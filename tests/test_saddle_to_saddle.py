@@ -158,3 +158,56 @@ def test_bad_scales_name_the_setting():
             overrides={"scales": "1e-8,1e-4"},
             save=False,
         )
+
+
+def test_tanh_net_learns_in_stages_on_both_clocks(quick):
+    """A tanh net (σ'(0) = 1, so the linear net's coefficient matrix) shows the
+    staircase too: at least 2 stages with rising rank of the linearised map, on
+    GD and on the flow, from both init scales."""
+    for scale in quick.settings["scales"]:
+        for clock in ("gd", "gf"):
+            stages = quick.stages("tanh", scale, clock)
+            assert len(stages) >= 2
+            ranks = [s["rank_after"] for s in stages]
+            assert ranks[0] >= 1 and all(np.diff(ranks) > 0), ranks
+            assert all(np.diff([s["loss_after"] for s in stages]) < 0)
+
+
+def test_tanh_escapes_against_the_linear_prediction(quick):
+    # stage 1 is seeded by α: its escape time grows like the linear net's,
+    # 1/σ₁ per unit of −ln α on the flow and η/ln(1 + ησ₁) on GD, to the save
+    # spacing; later stages are seeded by the first escape (tanh couples the
+    # modes once a unit is O(1)), so their slopes stay far below 1/σ_k
+    rows = {(r["stage"], r["clock"]): r for r in quick.fits["tanh_escapes"]}
+    for clock in ("gd", "gf"):
+        first = rows[1, clock]
+        assert first["tolerance"] < 0.05 * first["predicted"]
+        assert abs(first["slope"] - first["predicted"]) <= first["tolerance"]
+        later = [r for (k, c), r in rows.items() if c == clock and k > 1]
+        assert later
+        for r in later:
+            assert r["slope"] < 0.5 * r["predicted"], r
+
+
+def test_units_align_on_every_plateau_as_alpha_and_lr_shrink(quick):
+    """ρ_r (min over plateau r of the median residual alignment ratio, against
+    the saddle's own coefficient matrix) fitted as log ρ = p log α + q log η + c
+    over the quick grid: every plateau aligns better as α shrinks (p's whole 95%
+    interval above 0), and plateau 1 also as η shrinks."""
+    fits = {r["plateau"]: r for r in quick.fits["alignment"]["rows"]}
+    assert sorted(fits) == [1, 2, 3]
+    for row in fits.values():
+        assert row["points"] >= 9  # ≥ 3 scales × 3 rates: the intervals mean something
+        assert row["alpha_ci"][0] > 0, row
+        assert row["smallest"] < 1e-2  # aligned: far below 1 at the smallest α
+    assert fits[1]["lr_ci"][0] > 0, fits[1]
+    # the raw ratios decrease along α at every η on every plateau
+    ratios = quick.fits["alignment"]["ratios"]
+    for plateau in range(3):
+        for lr in quick.settings["alignment_lrs"]:
+            line = sorted(
+                (r["scale"], r["ratio"])
+                for r in ratios
+                if r["plateau"] == plateau and r["lr"] == lr
+            )
+            assert all(np.diff([v for _, v in line]) > 0), (plateau, lr, line)

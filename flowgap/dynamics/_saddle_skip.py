@@ -1,18 +1,16 @@
 r"""The plateau-skipping trainer (greedy low-rank learning; docs:
 theory/saddle-to-saddle)."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from .._checks import positive_int, positive_scalar
-from ..models import model_method
-from ..models._protocol import class_path
 from ._common import check_loss, split_model, stacked_model
 from ._descent import gradient_descent
 from ._results import RESULTS
+from ._saddle_jump import jump_piece, land, saddle_probe, units_of, zero_model
 from ._stopping import AbstractStopCondition
 from ._trajectory import Trajectory
 
@@ -28,57 +26,6 @@ class _StageDone(AbstractStopCondition):
         return (optax.tree.norm(grads) < self.grad_tol) | (value < self.loss_tol)
 
 
-class _Probe(eqx.Module):
-    """x ↦ f(x) + E·x: the model plus a linear map E, to read ∂L/∂E."""
-
-    model: eqx.Module
-    linear: jax.Array
-
-    def __call__(self, x):
-        return self.model(x) + self.linear @ x
-
-
-def _architecture(model):
-    """(number of units a round can add, σ'(0), shape (k, d) of E), from the
-    model's `saddle_units()` (the model protocol, `flowgap.models.PROTOCOL`)."""
-    units = model_method(model, "saddle_units")
-    if units is None or model_method(model, "add_unit") is None:
-        raise TypeError(
-            "`model` must define the plateau-skipping hooks `saddle_units()` and "
-            "`add_unit(index, left, right, size)` (see flowgap.models.PROTOCOL), as "
-            "flowgap.models.TwoLayer (linear or tanh) and DeepLinear do; got "
-            f"{class_path(model)}."
-        )
-    width, slope, (k, d) = units()
-    return int(width), float(slope), (int(k), int(d))
-
-
-def _zero(model):
-    return jax.tree.map(
-        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else x, model
-    )
-
-
-@eqx.filter_jit
-def _line_search(loss, model, direction):
-    r"""ε* = −L'(0)/L''(0) for φ(ε) = L(f + ε·D·x), D = u₁v₁ᵀ: the minimiser of
-    the quadratic model of the loss along the jump (exact for a linear net under
-    half-MSE). One jvp of a gradient."""
-    grad = jax.grad(lambda e: loss(_Probe(model, e * direction)))
-    zero = jnp.zeros((), direction.dtype)
-    slope, curvature = jax.jvp(grad, (zero,), (jnp.ones_like(zero),))
-    return -slope / curvature
-
-
-@eqx.filter_jit
-def _coefficient_matrix(loss, model, slope, shape):
-    r"""C = −σ'(0)·∂L/∂E at E = 0 for f(x) + E·x: one gradient evaluation."""
-    dtype = jnp.result_type(*jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
-    probe = jnp.zeros(shape, dtype)
-    grad = jax.grad(lambda e: loss(_Probe(model, e)))(probe)
-    return -slope * grad
-
-
 def saddle_skip(
     loss,
     model,
@@ -91,6 +38,7 @@ def saddle_skip(
     save_every: int = 1,
     max_rounds: int | None = None,
     line_search: bool = False,
+    whiten: bool = False,
 ) -> Trajectory:
     r"""Train by skipping the plateaus of small-init gradient descent.
 
@@ -121,9 +69,17 @@ def saddle_skip(
        through hidden index r. With `line_search=True` the size is instead
        ε* = argmin_ε of the quadratic model of ε ↦ L(f + ε·u₁v₁ᵀx) (exact for
        linear nets): the same direction, but landing near the end of the stage
-       rather than at its start (counted as 2 gradient evaluations).
-    4. Run `gradient_descent` at rate `lr` until ‖∇L‖ < `grad_tol` (or
-       L < `loss_tol`): the loss-decrease stage, ending at the next saddle θ_r.
+       rather than at its start (one Hessian-vector product). With
+       `whiten=True` it is the rank-one minimiser u vᵀ of the loss's (exact, for
+       half-MSE) quadratic model in a map E added to the output: u the top left
+       singular vector of the whitened GΣ^{−1/2} (G = C/σ'(0), Σ = XᵀX/n),
+       v = Σ⁻¹Gᵀu, Σ⁻¹ by conjugate gradients on Hessian-vector products (Σ is
+       never formed). For a linear net it lands on the next saddle exactly, where
+       a jump along C's pair on anisotropic inputs leaves a stage of
+       O(1/(ηλ_min)) steps (docs: theory/saddle-to-saddle).
+    4. Probe the landing (one gradient: L, C and ‖∇θL‖). If ‖∇L‖ < `grad_tol`
+       (or L < `loss_tol`) it is the next saddle θ_r; otherwise run
+       `gradient_descent` at rate `lr` until it is: the loss-decrease stage.
        Unused units stay exactly zero (their gradient is exactly zero since
        σ(0) = 0), so θ_r is a saddle of the full network.
 
@@ -154,16 +110,22 @@ def saddle_skip(
       `stage_steps`).
     - `line_search`: size each jump by ε* (above) instead of `jump` (which is
       then used only where ε* is not positive and finite).
+    - `whiten`: jump by the whitened rank-one minimiser (above); `jump` then
+      sets only the stopping test of step 2.
     - `max_rounds`: the most rounds (default: the number of units, for depth
       N the smallest hidden width).
 
     **Returns:** a `Trajectory` whose clock `ts` counts **gradient
-    evaluations**, not time: each GD step is one, and each coefficient matrix C
-    is one (a gradient with respect to E). Saves are the origin, each jump and
-    the GD saves of each stage. `stats` holds `num_grad_evals` (the total),
+    evaluations**, not time: each GD step is one, each probe (L, C, ‖∇θL‖ at a
+    saddle or landing) is one, and each Hessian-vector product counts as two.
+    Saves are the origin, each landing and the GD saves of each stage. `stats`
+    holds `num_grad_evals` (the total), `num_hvps` (the products within it),
+    `num_loss_evals` (L evaluated alone, by the GD stages; the forward pass runs
+    `num_grad_evals − num_hvps + num_loss_evals` times in all),
     `num_steps` (GD steps), `num_rounds` (jumps made) and, per saddle visited
     (origin first), `saddle_loss`, `saddle_rank` (the number of units in use,
     which is the rank of the end-to-end map), `saddle_eigenvalue` λ = σ₁(C),
+    `saddle_coefficient` (C itself),
     `saddle_index` (the save holding that saddle: `traj[i]`),
     `saddle_grad_evals` (the clock there) and `stage_steps` (GD steps of each
     stage). `result` is `successful`, `max_steps_reached` (a stage did not
@@ -184,33 +146,34 @@ def saddle_skip(
         raise ValueError(
             f"`save_every` ({save_every}) must divide `stage_steps` ({stage_steps})."
         )
-    width, slope, shape = _architecture(model)
+    width, slope, shape = units_of(model)
     rounds = width if max_rounds is None else positive_int("max_rounds", max_rounds)
     if rounds > width:
         raise ValueError(
             f"`max_rounds` must be at most the number of units ({width}), got {rounds}."
         )
+    if whiten and line_search:
+        raise ValueError("`whiten` and `line_search` are two jump rules: pick one.")
+    rule = "whiten" if whiten else "line_search" if line_search else "fixed"
     stop = _StageDone(grad_tol, loss_tol)
-    current = _zero(model)
-    log = _Log(current, loss, lr)
+    reach, gtol, ltol = np.sqrt(2 * float(jump)), float(grad_tol), float(loss_tol)
+    current = zero_model(model)
+    log = _Log(current, lr)
     result = RESULTS.successful
+    probe = log.probe(current, loss, slope, shape)
     for unit in range(rounds + 1):
-        value = float(loss(current))
-        coefficient = np.asarray(_coefficient_matrix(loss, current, slope, shape))
+        value, coefficient, _ = probe
         left, sigma, right = np.linalg.svd(coefficient, full_matrices=False)
-        log.saddle(current, value, float(sigma[0]), unit)
-        if unit == rounds or value < float(loss_tol):
+        log.saddle(value, float(sigma[0]), unit, coefficient)
+        if unit == rounds or value < ltol or reach * sigma[0] <= gtol:
             break
-        if np.sqrt(2 * float(jump)) * sigma[0] <= float(grad_tol):
-            break
-        size = jump
-        if line_search:
-            direction = jnp.outer(left[:, 0], right[0])
-            best = float(_line_search(loss, current, slope * direction))
-            log.evals += 2  # a jvp of a gradient
-            size = best if np.isfinite(best) and best > 0 else jump
-        current = model_method(current, "add_unit")(unit, left[:, 0], right[0], size)
-        log.jump(current, loss)
+        pieces = jump_piece(rule, loss, current, coefficient, slope, jump, log)
+        current = land(current, unit, *pieces)
+        probe = log.probe(current, loss, slope, shape)
+        log.jump(current, probe[0])
+        if probe[2] < gtol or probe[0] < ltol:
+            log.stage_steps.append(0)  # landed on the next saddle: no GD needed
+            continue
         stage = gradient_descent(
             loss,
             current,
@@ -228,75 +191,106 @@ def saddle_skip(
                 else RESULTS.max_steps_reached
             )
             break
-    return log.trajectory(current, loss, result)
+        probe = log.probe(current, loss, slope, shape)
+    return log.trajectory(current, result)
 
 
 class _Log:
-    """Host-side record of saves and saddles, assembled into one Trajectory."""
+    """Host-side record of saves, saddles and evaluations, assembled into one
+    Trajectory. Saves are kept in chunks (clock, params with a leading save
+    axis, losses) as numpy arrays: a stage's thousands of saves cost one slice,
+    not thousands of device ops."""
 
-    def __init__(self, start, loss, lr):
+    def __init__(self, start, lr):
         self.lr = float(lr)
         self.params, self.static = split_model(start)
-        self.saves = [(0, self.params, float(loss(start)))]
-        self.evals = 0
-        self.steps = 0
-        self.saddles = []
-        self.stage_steps = []
-        self.saddle_saves = []
+        self.chunks = []
+        self.count = 0  # saves so far
+        self.evals = self.loss_evals = self.hvps = self.steps = 0
+        self.final_loss = np.nan
+        self.saddles, self.stage_steps, self.saddle_saves = [], [], []
+        self.coefficients = []
 
-    def saddle(self, model, value, eigenvalue, units):
-        self.evals += 1  # the gradient giving C
+    def save(self, clock, params, values):
+        """Append saves: `clock` and `values` 1-D, `params` with a save axis."""
+        params = jax.tree.map(np.asarray, params)
+        self.chunks.append((np.asarray(clock), params, np.asarray(values)))
+        self.count += len(clock)
+
+    def single(self, clock, params, value):
+        self.save([clock], jax.tree.map(lambda x: np.asarray(x)[None], params), [value])
+
+    def probe(self, model, loss, slope, shape):
+        """(L, C, ‖∇θL‖) on the host: one gradient evaluation. The first one
+        gives L(0), saved with the origin."""
+        value, coefficient, norm = saddle_probe(loss, model, slope, shape)
+        self.evals += 1
+        self.final_loss = float(value)
+        if self.count == 0:
+            self.single(0, self.params, self.final_loss)
+        return self.final_loss, np.asarray(coefficient), float(norm)
+
+    def saddle(self, value, eigenvalue, units, coefficient):
         self.saddles.append((value, units, eigenvalue, self.evals))
-        self.saddle_saves.append(len(self.saves) - 1)
+        self.coefficients.append(coefficient)
+        self.saddle_saves.append(self.count - 1)
 
-    def jump(self, model, loss):
-        self.saves.append((self.evals, split_model(model)[0], float(loss(model))))
+    def products(self, count):
+        """`count` Hessian-vector products, each counted as 2 gradients."""
+        self.hvps += count
+        self.evals += 2 * count
+
+    def jump(self, model, value):
+        self.single(self.evals, split_model(model)[0], value)
 
     def stage(self, traj: Trajectory):
         taken = int(traj.stats["num_grad_evals"])
-        keep = np.isfinite(np.asarray(traj.loss))
+        loss = np.asarray(traj.loss)
+        keep = np.flatnonzero(np.isfinite(loss))[1:]  # the first is the landing
         steps = np.rint(np.asarray(traj.ts)[keep] / self.lr).astype(int)
-        # host copies: thousands of saves are sliced and stacked in numpy, not
-        # as thousands of device ops (a jnp.stack of N arrays compiles in O(N²))
-        params = jax.tree.map(np.asarray, split_model(traj.models)[0])
-        for i, k in zip(np.flatnonzero(keep)[1:], steps[1:]):
-            self.saves.append(
-                (
-                    self.evals + int(min(k, taken)),
-                    jax.tree.map(lambda x: x[i], params),
-                    float(traj.loss[i]),
-                )
-            )
-        if self.saves[-1][0] < self.evals + taken:
+        params = split_model(traj.models)[0]
+        self.save(
+            self.evals + np.minimum(steps, taken),
+            jax.tree.map(lambda x: np.asarray(x)[keep], params),
+            loss[keep],
+        )
+        last = self.evals + (min(steps[-1], taken) if steps.size else 0)
+        if last < self.evals + taken:
             final = split_model(traj.final)[0]
-            self.saves.append((self.evals + taken, final, float(traj.final_loss)))
+            self.single(self.evals + taken, final, float(traj.final_loss))
         self.evals += taken
+        self.loss_evals += int(traj.stats["num_loss_evals"])
+        self.final_loss = float(traj.final_loss)
         steps_taken = int(traj.stats["num_steps"])
         self.steps += steps_taken
         self.stage_steps.append(steps_taken)
 
-    def trajectory(self, final, loss, result) -> Trajectory:
-        clock, params, values = zip(*self.saves)
-        saddles = np.asarray(self.saddles, dtype=float).reshape(-1, 4)
+    def trajectory(self, final, result) -> Trajectory:
+        clock = np.concatenate([c[0] for c in self.chunks])
+        values = np.concatenate([c[2] for c in self.chunks])
         stacked = jax.tree.map(
-            lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *params
+            lambda *xs: jnp.asarray(np.concatenate(xs)), *[c[1] for c in self.chunks]
         )
+        saddles = np.asarray(self.saddles, dtype=float).reshape(-1, 4)
         dtype = jnp.result_type(*jax.tree.leaves(self.params))
         return Trajectory(
             ts=jnp.asarray(clock, dtype),
             models=stacked_model(stacked, self.static, len(clock)),
             loss=jnp.asarray(values, dtype),
             final=final,
-            final_loss=loss(final),
+            final_loss=jnp.asarray(self.final_loss, dtype),
             stop_time=jnp.asarray(self.evals, dtype),
             result=result,
             stats=dict(
                 num_grad_evals=jnp.asarray(self.evals),
+                num_hvps=jnp.asarray(self.hvps),
+                num_loss_evals=jnp.asarray(self.loss_evals),
                 num_steps=jnp.asarray(self.steps),
                 num_rounds=jnp.asarray(len(self.stage_steps)),
                 saddle_loss=jnp.asarray(saddles[:, 0], dtype),
                 saddle_rank=jnp.asarray(saddles[:, 1].astype(int)),
                 saddle_eigenvalue=jnp.asarray(saddles[:, 2], dtype),
+                saddle_coefficient=jnp.asarray(np.stack(self.coefficients), dtype),
                 saddle_grad_evals=jnp.asarray(saddles[:, 3].astype(int)),
                 saddle_index=jnp.asarray(self.saddle_saves, dtype=int),
                 stage_steps=jnp.asarray(self.stage_steps, dtype=int),

@@ -25,8 +25,9 @@ from .._draw import normal
 from .._precision import attainable, params_dtype
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
+from ._saddle_skip_aniso import anisotropic
 from ._settings import Config, Setting, SettingError
-from ._table import Column
+from ._table import Column, render_table
 
 NAME = "saddle-skip"
 
@@ -59,6 +60,34 @@ SETTINGS = (
         "loss_gap", 1e-7, "GD stops within this of the skipper's loss", positive=True
     ),
     Setting("max_steps", 20_000, "most GD steps per run / per stage", "int", minimum=1),
+    Setting(
+        "aniso_decay",
+        2.6,
+        "part 2: input covariance diag(j^-decay), eigenvalues over two decades",
+        positive=True,
+    ),
+    Setting(
+        "aniso_singular",
+        (4.0, 0.25),
+        "part 2: singular values of the low-rank teacher (rank ≤ width)",
+        "floats",
+        positive=True,
+    ),
+    Setting(
+        "aniso_scales",
+        (1e-8, 1e-12),
+        "part 2: GD init scales α",
+        "floats",
+        positive=True,
+    ),
+    Setting(
+        "aniso_loss_target",
+        1e-10,
+        "part 2: GD stops below this loss (map within √(2L/λ_min) of W*)",
+        positive=True,
+    ),
+    Setting("aniso_steps", 20_000, "part 2: most GD steps per run / per stage", "int"),
+    Setting("aniso_save_every", 10, "part 2: GD saves every this many steps", "int"),
 )
 
 QUICK = dict(scales=(1e-2, 1e-5, 1e-8, 1e-12), max_steps=4000)
@@ -112,6 +141,24 @@ class SaddleSkipResult(ExperimentResult):
             f"skipper saddle losses: {saddles}",
         )
 
+    def table(self) -> str:
+        """Part 1 (whitened inputs), then part 2 (anisotropic inputs): the cost
+        per α and, per plateau, the measured reasons."""
+        aniso = self.fits["anisotropic"]
+        part2 = render_table(
+            aniso["rows"],
+            _ANISO_COLUMNS,
+            title="part 2, anisotropic inputs: GD to loss "
+            f"{aniso['target']:g} against the three jump rules "
+            "(evals include every probe; an HVP counts as 2)",
+        )
+        plateaus = render_table(
+            aniso["plateaus"],
+            _plateau_columns(self.settings["aniso_scales"]),
+            title="part 2, per plateau: why a jump along C's top pair does not pay",
+        )
+        return "\n\n".join((super().table(), part2, plateaus))
+
     def figure_data(self):
         """The curves, with ln(1/α) and the fitted line of GD evals on it."""
         logs = np.log(1 / np.asarray(self.curves["scales"]))
@@ -164,6 +211,36 @@ class SaddleSkipResult(ExperimentResult):
         return (cost, staircase)
 
 
+_ANISO_COLUMNS = (
+    Column("scale", "α", ".0e"),
+    Column("gd_evals", "GD evals", "d"),
+    Column("fixed_evals", "fixed", "d"),
+    Column("line_search_evals", "line search", "d"),
+    Column("whiten_evals", "whitened", "d"),
+    Column("ratio", "GD/whitened", ".0f"),
+    Column(lambda r: 1e3 * r["gd_seconds"], "GD ms", ".1f"),
+    Column(lambda r: 1e3 * r["whiten_seconds"], "whitened ms", ".1f"),
+    Column("time_ratio", "GD/whitened time", ".1f"),
+    Column("gd_loss", "GD loss", ".2e"),
+)
+
+
+def _plateau_columns(scales):
+    return (
+        Column("plateau", "rank"),
+        Column("saddle_loss", "saddle loss", ".5g"),
+        Column("sigma", "σ₁(C)", ".3f"),
+        Column("cosine", "cos(fixed, whitened)", ".3f"),
+        Column("fixed_steps", "fixed stage", "d"),
+        Column("line_search_steps", "line-search stage", "d"),
+        Column("whiten_steps", "whitened stage", "d"),
+        *(
+            Column(lambda r, a=f"{a:g}": r["escapes"][a], f"GD leaves, α={a:g}", "d")
+            for a in scales
+        ),
+    )
+
+
 def run(settings: Config, *, seed: int, progress: bool = True) -> SaddleSkipResult:
     """Run saddle-skip with resolved `settings` (see `SETTINGS`)."""
     s = settings
@@ -192,6 +269,7 @@ def run(settings: Config, *, seed: int, progress: bool = True) -> SaddleSkipResu
             curves["gd_scale"] = np.asarray(scale)
     curves.update(_skip_curves(s, gd_evals, skips))
     fits = _fits(s, gd_evals, skips["skip"])
+    fits["anisotropic"] = anisotropic(s, seed, teacher_problem, _timed)
     return SaddleSkipResult(settings=s, rows=rows, fits=fits, curves=curves)
 
 

@@ -10,8 +10,8 @@ from .._precision import RESOLVED_ULPS, params_dtype, warn_if_unresolved
 
 
 def staircases(runs, scales):
-    """The stages found on every run: the table rows, the linear net's stages
-    keyed by (clock, index of the scale), each run's loss and singular values
+    """The stages found on every run: the table rows, the stages keyed by
+    (activation, clock, index of the scale), each run's loss and singular values
     of W₂W₁, and the linear runs' round-off-seeded stages (`round_off_seeded`)
     as (scale, clock, stage) triples."""
     rows, stages, curves, seeded = [], {}, {}, []
@@ -19,8 +19,8 @@ def staircases(runs, scales):
         for clock, traj in pair.items():
             maps = two_layer_maps(traj)
             found = analysis.detect_stages(traj.ts, traj.loss, maps=maps)
+            stages[activation, clock, scales.index(scale)] = found
             if activation == "linear":
-                stages[clock, scales.index(scale)] = found
                 seeded += [(scale, clock, k) for k in round_off_seeded(traj, found)]
             for k, stage in enumerate(found):
                 rows.append(
@@ -41,6 +41,38 @@ def staircases(runs, scales):
             curves[f"{key}/loss"] = np.asarray(traj.loss)
             curves[f"{key}/singular_values"] = np.linalg.svd(maps, compute_uv=False)
     return rows, stages, curves, seeded
+
+
+def escape_slopes(stages, sigma, lr, scales, flow_saves_per_step=1):
+    r"""Per stage k and clock: the slope of the stage start against δ = −ln α,
+    from the two init scales, beside the linear net's prediction, 1/σ_k on the
+    flow and η/ln(1 + ησ_k) for GD (a unit grows like e^{σ_k t} or
+    (1 + ησ_k)^{t/η} from the seed α). `stages` are one activation's, keyed by
+    (clock, index of the scale). `tolerance`: each start is known to one save
+    spacing ε, so the slope to ±2ε/Δδ.
+
+    A stage whose escape is seeded by α has the predicted slope; a stage seeded by
+    an earlier stage (for tanh, the nonlinearity couples the modes once the
+    first unit is O(1)) has a smaller one."""
+    delta = np.log(scales[0]) - np.log(scales[1])
+    spacing = {"gd": lr, "gf": lr / flow_saves_per_step}
+    found = min(len(stages[c, i]) for c in spacing for i in (0, 1))
+    rows = []
+    for k in range(min(found, len(sigma))):
+        predicted = {"gd": lr / np.log1p(lr * sigma[k]), "gf": 1 / sigma[k]}
+        for clock in spacing:
+            slope = (stages[clock, 1][k].start - stages[clock, 0][k].start) / delta
+            rows.append(
+                dict(
+                    stage=k + 1,
+                    clock=clock,
+                    slope=float(slope),
+                    predicted=float(predicted[clock]),
+                    tolerance=float(2 * spacing[clock] / delta),
+                    start=float(stages[clock, 1][k].start),
+                )
+            )
+    return rows
 
 
 def two_layer_maps(traj):

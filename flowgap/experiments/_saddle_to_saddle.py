@@ -26,14 +26,17 @@ from .. import analysis, dynamics, models, problems
 from .._precision import attainable, params_dtype
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
+from ._saddle_alignment import alignment_sweep
 from ._saddle_stages import (
     alignment_at_escape,
     deep_linear_maps,
+    escape_slopes,
     plateau_ratio,
     slowdown,
     staircases,
     unit_alignment,
 )
+from ._saddle_tables import fit_tables
 from ._settings import Config, Setting, SettingError
 from ._table import Column, render_table
 
@@ -62,6 +65,20 @@ SETTINGS = (
         "layerwise_steps", 6000, "steps of layer-wise GD (3-layer)", "int", minimum=1
     ),
     Setting("layerwise_scale", 0.01, "init scale of the 3-layer net", positive=True),
+    Setting(
+        "alignment_scales",
+        (1e-6, 1e-8, 1e-10, 1e-12),
+        "init scales of the alignment fit (linear GD to t1)",
+        "floats",
+        positive=True,
+    ),
+    Setting(
+        "alignment_lrs",
+        (0.2, 0.1, 0.05),
+        "learning rates of the alignment fit",
+        "floats",
+        positive=True,
+    ),
 )
 
 # The scales are those of the defaults: Δδ = ln(α₁/α₂) ≈ 23 makes the slowdown's
@@ -158,15 +175,22 @@ def run(
     coefficient = np.asarray(problem.targets.T @ problem.inputs / s["n"])
     sigma = np.linalg.svd(coefficient, compute_uv=False)
     runs = _runs(problem, s, steps, progress)
-    rows, stages, curves, seeded = staircases(runs, s["scales"])
+    rows, by_activation, curves, seeded = staircases(runs, s["scales"])
+    stages = {k[1:]: v for k, v in by_activation.items() if k[0] == "linear"}
+    tanh = {k[1:]: v for k, v in by_activation.items() if k[0] == "tanh"}
     small = runs["linear", s["scales"][1]]["gd"]
     curves["alignment"] = unit_alignment(small, coefficient)
+    alignment = alignment_sweep(problem, s)
     layer_curves, layer_stages = _layerwise(problem, s)
     curves.update(layer_curves)
     fits = dict(
         sigma=sigma.tolist(),
         slowdown=slowdown(
             stages, sigma, s["lr"], s["scales"], s["flow_saves_per_step"]
+        ),
+        alignment=alignment,
+        tanh_escapes=escape_slopes(
+            tanh, sigma, s["lr"], s["scales"], s["flow_saves_per_step"]
         ),
         # (scale, clock, stage) whose plateau round-off ended (never in float64)
         round_off_seeded=[list(x) for x in seeded],
@@ -188,17 +212,6 @@ def run(
     )
     return SaddleToSaddleResult(s, rows, fits, curves)
 
-
-_SLOWDOWN_COLUMNS = (
-    Column("stage"),
-    Column("sigma", "σ_k", ".3f"),
-    Column("gf_slope", "GF slope", ".3f"),
-    Column("inverse_sigma", "1/σ_k", ".3f"),
-    Column("gd_slope", "GD slope", ".3f"),
-    Column("measured_ratio", "GD/GF", ".4f"),
-    Column("predicted_ratio", "ησ/ln(1+ησ)", ".4f"),
-    Column("tolerance", "±", ".4f"),
-)
 
 _CLOCKS = (("gd", "-"), ("gf", "--"))
 
@@ -259,16 +272,15 @@ class SaddleToSaddleResult(ExperimentResult):
         return notes
 
     def table(self) -> str:
-        """The stage table, then the slowdown per plateau with the alignment and
-        layer-wise findings as notes."""
-        slowdown = render_table(
-            self.fits["slowdown"],
-            _SLOWDOWN_COLUMNS,
-            title="finite-step slowdown per plateau (linear net): escape time per "
-            "unit of δ = −ln α",
-            notes=self.notes(),
+        """The stage table, then the slowdown per plateau (with the first-plateau
+        alignment and layer-wise findings as notes), the alignment fit on every
+        plateau and the tanh net's escape times."""
+        return "\n\n".join(
+            (
+                render_table(self.rows, self.columns()),
+                *fit_tables(self.fits, self.notes()),
+            )
         )
-        return render_table(self.rows, self.columns()) + "\n\n" + slowdown
 
     def figure_title(self):
         s = self.settings
