@@ -1,6 +1,9 @@
 """`problems.digits`: the bundled UCI digits as a half-MSE regression."""
 
+import socket
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -36,6 +39,44 @@ def test_digits_draw_is_keyed():
     assert np.array_equal(a.inputs, b.inputs)
     assert not np.array_equal(a.truth, c.truth)
     assert len(set(np.asarray(a.truth).tolist())) == 10
+
+
+def test_digits_same_key_same_bits():
+    """Determinism of every array, keyed and unkeyed (first n in file order)."""
+    for key in (None, jax.random.key(7)):
+        a, b = problems.digits(64, key=key), problems.digits(64, key=key)
+        for x, y in ((a.inputs, b.inputs), (a.targets, b.targets), (a.truth, b.truth)):
+            assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    first = problems.digits(5, center=False)
+    assert np.array_equal(first.truth, load_digits().target[:5])
+
+
+def test_digits_dtype():
+    default = problems.digits(30)
+    assert default.inputs.dtype == jnp.result_type(float)  # float64 under x64
+    assert default.targets.dtype == default.inputs.dtype
+    single = problems.digits(30, dtype=jnp.float32)
+    assert single.inputs.dtype == single.targets.dtype == jnp.float32
+    assert jnp.issubdtype(single.truth.dtype, jnp.integer)
+    # both are cast once from the same float64 values, so float32 = round(float64)
+    for x32, x64 in (
+        (single.inputs, default.inputs),
+        (single.targets, default.targets),
+    ):
+        assert np.array_equal(np.asarray(x32), np.asarray(x64).astype(np.float32))
+
+
+def test_digits_loads_without_network(monkeypatch):
+    """scikit-learn ships the digits in the package: no socket is ever opened."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("digits() tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    problem = problems.digits(100, key=jax.random.key(0))
+    assert problem.inputs.shape == (100, 64) and problem.targets.shape == (100, 10)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ spectral norm
 of the predictor Hessian ‖∇²_θ f(θ; x)‖₂ (mean over a few training inputs x) and
 the loss sharpness λ_max(∇²L), both by Lanczos on Hessian-vector products, at
 initialisation and along gradient descent. Width exponents p in ‖H‖ ∝ mᵖ are
-fitted per depth with 95% confidence intervals.
+fitted per depth with 95% confidence intervals. The data (setting `data`) are
+the UCI digits by default (`flowgap.problems.digits`, bundled with scikit-learn),
+a tanh teacher–student set (`synthetic`) or an .npz file.
 
 **How the two networks are matched.** Both are `MLP(d, m, k, depth=…, key=key)`
 with the same key, so the plain net's layers (W, b) are the default
@@ -39,11 +41,10 @@ from .. import analysis, dynamics, models, problems
 from ._settings import Setting, SettingError
 from ._wn_hessian_measure import (
     QUANTITIES,
-    hessian_along,
+    descend_and_measure,
     matched_pair,
     measure_at_init,
     measure_rescaled,
-    min_direction_norm,
     net_keys,
 )
 from ._wn_hessian_measure import FirstOutput as FirstOutput
@@ -76,15 +77,15 @@ SETTINGS = (
         choices=SMOOTH_ACTIVATIONS,
     ),
     Setting(
-        "n", 64, "training points (synthetic; first n rows of `data`)", "int", minimum=1
-    ),
-    Setting("d", 8, "input dimension of the synthetic set", "int", minimum=1),
-    Setting(
         "data",
-        "",
-        "optional .npz with arrays `inputs` (n, d) and `targets` (n, k) or (n,)",
+        "digits",
+        "digits (scikit-learn's bundled 8×8 digits, one-hot targets), synthetic "
+        "(a tanh teacher) or a path to an .npz with arrays `inputs` (n, d) and "
+        "`targets` (n, k) or (n,)",
         "str",
     ),
+    Setting("n", 64, "training points (the first n rows of `data`)", "int", minimum=1),
+    Setting("d", 8, "input dimension of the synthetic set", "int", minimum=1),
     Setting("points", 2, "inputs x at which ‖∇²f(x)‖ is measured", "int", minimum=1),
     Setting(
         "draws",
@@ -179,12 +180,30 @@ def load_data(path: str, n: int) -> problems.RegressionProblem:
     )
 
 
+#: The named data sets of setting `data`; any other value must be an .npz path.
+DATA_SETS = ("digits", "synthetic")
+
+
 def _problem(s, key) -> problems.RegressionProblem:
-    if s["data"]:
-        return load_data(s["data"], s["n"])
-    return problems.teacher_student(
-        key, n=s["n"], d=s["d"], teacher_width=8, activation="tanh", decay=0.5
-    )
+    """The training set named by setting `data` (see `SETTINGS`): the first `n`
+    digits (file order; inputs/16 and one-hot targets, both centred), a tanh
+    teacher–student set, or the first `n` rows of an .npz file."""
+    data = s["data"]
+    if data == "digits":
+        try:
+            return problems.digits(s["n"])
+        except ValueError as err:  # too many examples: the loader names `n`
+            raise SettingError(f"setting `n` with data=digits: {err}") from None
+    if data == "synthetic":
+        return problems.teacher_student(
+            key, n=s["n"], d=s["d"], teacher_width=8, activation="tanh", decay=0.5
+        )
+    if not data.endswith(".npz"):
+        raise SettingError(
+            f"setting `data` must be {' or '.join(DATA_SETS)} or a path to an .npz "
+            f"file, got {data!r}"
+        )
+    return load_data(data, s["n"])
 
 
 def _fit(widths, values):
@@ -272,17 +291,18 @@ def _gd_run(s, problem, xs, key, width: int, name: str):
     d, k = problem.inputs.shape[1], problem.targets.shape[1]
     first = net_keys(key, s["probe_depth"], width, 1)[0]
     wn, plain = matched_pair(s, width, s["probe_depth"], d, k, first)
-    traj = dynamics.gradient_descent(
-        problem.loss,
+    traj, sharp, hessian, min_v = descend_and_measure(
         wn if name == "WN" else plain,
-        lr=s["lr"],
-        steps=s["steps"],
-        save_every=s["steps"] // s["saves"],
+        problem.loss,
+        s["lr"],
+        xs[0],
+        key,
+        s["steps"],
+        s["steps"] // s["saves"],
+        s["iters"],
+        weight_norm=name == "WN",
     )
-    sharp = np.asarray(
-        analysis.track_sharpness(problem.loss, traj, iters=s["iters"], key=key)
-    )
-    hessian = np.asarray(hessian_along(traj.models, xs[0], key, s["iters"]))
+    sharp, hessian = np.asarray(sharp), np.asarray(hessian)
     if not bool(jnp.all(jnp.isfinite(traj.loss))):
         hessian = np.where(np.isfinite(np.asarray(traj.loss)), hessian, np.nan)
     curves = dict(
@@ -303,7 +323,7 @@ def _gd_run(s, problem, xs, key, width: int, name: str):
         status=dynamics.RESULTS[traj.result] or "ok",
     )
     if name == "WN":
-        curves["min_v"] = min_v = np.asarray(min_direction_norm(traj.models))
+        curves["min_v"] = min_v = np.asarray(min_v)
         row |= dict(min_v_start=float(min_v[0]), min_v_end=float(min_v[-1]))
     return row, curves
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .. import analysis, models
+from .. import analysis, dynamics, models
 
 #: The quantities `measure_at_init` returns whose width exponents are fitted, with
 #: their labels.
@@ -88,39 +88,46 @@ def matched_pair(s, width: int, depth: int, d: int, k: int, key):
     return wn, plain
 
 
-def _directions(m: FirstOutput):
-    return tuple(layer.layer.weight for layer in m.net.layers)
+def _directions(net: models.MLP):
+    return tuple(layer.layer.weight for layer in net.layers)
 
 
-def _gains_biases(m: FirstOutput):
-    return tuple(layer.gain for layer in m.net.layers) + tuple(
-        layer.layer.bias for layer in m.net.layers
+def _gains_biases(net: models.MLP):
+    return tuple(layer.gain for layer in net.layers) + tuple(
+        layer.layer.bias for layer in net.layers
     )
 
 
-def _inner(m: FirstOutput):
+def _inner(net: models.MLP):
     """Every parameter but the output gain."""
     return (
-        _directions(m)
-        + tuple(layer.layer.bias for layer in m.net.layers)
-        + tuple(layer.gain for layer in m.net.layers[:-1])
+        _directions(net)
+        + tuple(layer.layer.bias for layer in net.layers)
+        + tuple(layer.gain for layer in net.layers[:-1])
     )
 
 
-#: The blocks of a WN net's parameters whose predictor-Hessian norms are measured
-#: (None: all of them).
-BLOCKS = {"wn": None, "wn_v": _directions, "wn_inner": _inner, "wn_gb": _gains_biases}
+def _everything(net: models.MLP):
+    return tuple(jax.tree.leaves(net))
+
+
+#: The blocks of a WN net's parameters whose predictor-Hessian norms are measured,
+#: as functions of the net giving the block's arrays.
+BLOCKS = {
+    "wn": _everything,
+    "wn_v": _directions,
+    "wn_inner": _inner,
+    "wn_gb": _gains_biases,
+}
 
 
 def block_masks(predictor: FirstOutput, names) -> FirstOutput:
     """0/1 masks (see `flowgap.analysis.predictor_hessian_norm`) of the named
-    `BLOCKS`, stacked on a leading axis."""
+    `BLOCKS` of a WN net's `FirstOutput`, stacked on a leading axis."""
     zeros = jax.tree.map(jnp.zeros_like, predictor)
     masks = [
-        jax.tree.map(jnp.ones_like, predictor)
-        if BLOCKS[name] is None
-        else eqx.tree_at(BLOCKS[name], zeros, replace_fn=jnp.ones_like)
-        for name in names
+        eqx.tree_at(lambda p, n=n: BLOCKS[n](p.net), zeros, replace_fn=jnp.ones_like)
+        for n in names
     ]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *masks)
 
@@ -246,12 +253,28 @@ def measure_rescaled(wn, factors, xs, inputs, key, iters):
     return jax.vmap(one)(factors)
 
 
-@functools.partial(_jit, static_argnames=("iters",))
-def hessian_along(traj_models, x, key, iters):
-    """‖∇²_θ f₀(x)‖₂ at every save of a trajectory's stacked `traj_models`."""
-    return jax.lax.map(
+@functools.partial(
+    _jit, static_argnames=("steps", "save_every", "iters", "weight_norm")
+)
+def descend_and_measure(net, loss, lr, x, key, steps, save_every, iters, weight_norm):
+    """Gradient descent from `net` (`flowgap.dynamics.gradient_descent`) and, in
+    the same compiled program, along its saves: λ_max(∇²L)
+    (`flowgap.analysis.track_sharpness`, warm-started), ‖∇²_θ f₀(x)‖₂ and, for a
+    weight-normalised net (`weight_norm`, the caller's knowledge of the pair it
+    built), min‖v‖ (else None).
+
+    **Returns:** (trajectory, sharpness, hessian, min_v), each curve of shape
+    (saves,).
+    """
+    traj = dynamics.gradient_descent(
+        loss, net, lr=lr, steps=steps, save_every=save_every
+    )
+    sharpness = analysis.track_sharpness(loss, traj, iters=iters, key=key)
+    hessian = jax.lax.map(
         lambda net: analysis.predictor_hessian_norm(
             FirstOutput(net), x, iters=iters, key=key
         ),
-        traj_models,
+        traj.models,
     )
+    min_v = min_direction_norm(traj.models) if weight_norm else None
+    return traj, sharpness, hessian, min_v

@@ -1,5 +1,6 @@
 """wn-hessian's report: the result class, its table columns and figure panels."""
 
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -165,7 +166,12 @@ class WNHessianResult(ExperimentResult):
     # -- figure --------------------------------------------------------------------
     def figure_title(self) -> str:
         s = self.settings
-        source = s["data"] or "teacher–student"
+        names = {
+            "digits": "digits",
+            "synthetic": "teacher–student",
+            "": "teacher–student",
+        }
+        source = names.get(s["data"], pathlib.PurePath(s["data"]).name)
         return (
             f"{s['activation']} MLPs on {source}: WN (‖vᵢ‖ = {s['v_scale']:g}·"
             "√fan_in) against plain"
