@@ -11,7 +11,7 @@ from ._figure import Panel, Series
 from ._result import ExperimentResult
 from ._table import Column, render_table
 from ._wn_robust_bias_rows import alpha_label, precision_notes, table_rows
-from ._wn_robust_bias_train import METHOD_NAMES, METHODS, check_settings
+from ._wn_robust_bias_train import METHOD_NAMES, check_settings
 
 COLOURS = {"plain": "tab:blue", "polar": "tab:orange", "polar-split": "tab:green"}
 STYLES = {2: "-", 3: "--"}
@@ -43,7 +43,7 @@ class WNRobustBiasResult(ExperimentResult):
         )
 
     def title(self) -> str:
-        return "recovery error ‖β_∞ − β*‖ (* = Kvaerno5, ! = not converged)"
+        return "recovery error ‖β_∞ − β*‖ (* = Kvaerno5, ! = not converged, ~ = saddle)"
 
     def notes(self) -> Sequence[str]:
         notes = [f"{k}: {v}" for k, v in self.fits["findings"].items()]
@@ -74,7 +74,7 @@ class WNRobustBiasResult(ExperimentResult):
         each only where positive (a log axis cannot show 0: e.g. an error below
         float32's resolution)."""
         c = self.curves
-        data = dict(c)
+        data = dict(c, horizon=self.settings["t1"])
         for key in c:
             if not key.endswith("/recovery_error"):
                 continue
@@ -92,79 +92,83 @@ class WNRobustBiasResult(ExperimentResult):
         return data
 
     def panels(self) -> Sequence[Panel]:
+        """One question per panel, at most four series each: per depth, does the
+        polar flow beat the plain one (and its limit is the α_eff theory's); do
+        the discrete polar steps; how long the flows and the steps take; and the
+        polar / plain error over the whole (α, ρ) grid."""
         s = self.settings
         depths, families = check_settings(s)
-        tol, ratio = f"{s['tol']:g}", f"{s['ratio']:g}"
-        discrete = [
-            (f, L, m) for f in families for m in METHODS[f] if m != "gf" for L in depths
+        ratio = f"{s['ratio']:g}"
+        flows = [self._flow_panel(depth, families) for depth in depths]
+        first = depths[0]
+        polar = [f for f in families if f != "plain"][:1]
+        discrete = [("plain", first, "gd")] + [
+            (f, first, m) for f in polar for m in ("rpgd", "sk")
         ]
-        flows = [(f, L, "gf") for f in families for L in depths]
+        discrete += [(f, first, "gf") for f in polar]
+        timed = [(f, L, "gf") for L in depths for f in ("plain", *polar)][:4]
         return (
+            *flows,
             Panel(
-                "gradient flow: recovery error (hollow: not converged)",
-                self._flow_error_series(flows),
-                **_ERROR_AXES,
+                f"L={first}, ρ={ratio}: do GD steps ({s['step']:g}× bound) keep it?",
+                [_error_series(*run, ratio) for run in discrete],
+                **_error_axes(discrete),
             ),
             Panel(
-                f"discrete, step {s['step']:g}× plain bound, ρ={ratio} "
-                "(hollow: not converged)",
-                [x for run in discrete for x in _error_series(*run, ratio)],
-                **_ERROR_AXES,
-            ),
-            Panel(
-                "gradient flow: time to converge",
-                [_converged_series("time", *run) for run in flows],
+                "how long does the flow take?",
+                [_converged_series("time", *run) for run in timed],
                 xlabel="init scale α",
-                ylabel=f"flow time to L < {tol}",
+                ylabel=f"flow time to L < {s['tol']:g}",
                 xscale="log",
                 yscale="log",
                 draw=_if_nothing_positive,
                 legend_size=7.0,
             ),
             Panel(
-                f"discrete: steps to converge (budget {s['steps']})",
-                [_converged_series("steps", *run) for run in discrete],
+                f"how many GD steps? (budget {s['steps']})",
+                [_converged_series("steps", *run) for run in discrete[:3]],
                 xlabel="init scale α",
-                ylabel=f"GD steps to L < {tol}",
+                ylabel=f"GD steps to L < {s['tol']:g}",
                 xscale="log",
                 yscale="log",
-                draw=_legend_on_top,
-                legend_size=0.0,
+                draw=_if_nothing_positive,
+                legend_size=7.0,
             ),
-            self._heat_panel("gf", depths[0]),
-            self._heat_panel("rpgd", depths[0]),
+            self._heat_panel("gf", first),
+            self._heat_panel("rpgd", first),
         )
 
-    def _flow_error_series(self, flows) -> list[Series]:
-        """Each flow's error (at ρ = `ratio`), and its theory where there is one."""
-        out = []
-        for family, depth, method in flows:
-            out += _error_series(family, depth, method, f"{self.settings['ratio']:g}")
-            tag = f"{family}/L{depth}/{method}"
-            theory = np.asarray(self.curves[f"{tag}/theory_error"], float)
-            if not np.any(np.isfinite(theory[:, self._column(family)])):
-                continue
-            plain = family == "plain"
+    def _flow_panel(self, depth: int, families) -> Panel:
+        """Depth `depth`: each family's flow error at ρ = `ratio`, and the plain
+        limit from the measured α_eff (the stacked polar net's theory)."""
+        ratio = f"{self.settings['ratio']:g}"
+        runs = [(f, depth, "gf") for f in families]
+        out = [_error_series(*run, ratio) for run in runs]
+        tag = f"polar/L{depth}/gf"
+        theory = self.curves.get(f"{tag}/theory_error")
+        column = self._column("polar")
+        if theory is not None and np.any(np.isfinite(theory[:, column])):
             out.append(
                 Series(
                     f"{tag}/theory:col",
                     "scales",
-                    ":" if plain else "x",
-                    f"Woodworth Q_α limit (L={depth})"
-                    if plain
-                    else f"plain limit from α_eff ({family} L={depth})",
-                    options=dict(color="k" if plain else COLOURS[family], ms=10),
+                    "x",
+                    "plain limit from α_eff",
+                    options=dict(color="k", ms=9),
                 )
             )
-        return out
+        return Panel(
+            f"L={depth} flow, ρ={ratio}: does polar beat plain?",
+            out,
+            **_error_axes(runs),
+        )
 
     def _heat_panel(self, method: str, depth: int) -> Panel:
         if f"polar/L{depth}/{method}/recovery_error" not in self.curves:
             return Panel(draw=lambda ax, data: ax.axis("off"), legend_size=0.0)
         return Panel(
-            f"polar L={depth} {METHOD_NAMES[method]} / plain GF "
-            "(K: Kvaerno5, !: not converged)",
-            xlabel="init scale α",
+            f"log10 error, polar L={depth} {METHOD_NAMES[method]} / plain GF",
+            xlabel="init scale α (K: Kvaerno5, !: not converged, ~: saddle)",
             ylabel="rate ratio ρ",
             draw=functools.partial(_heat_map, method=method, depth=depth),
             legend_size=0.0,
@@ -176,26 +180,17 @@ def _label(family: str, depth: int, method: str, ratio: str) -> str:
     return label if family == "plain" or method != "gf" else f"{label} ρ={ratio}"
 
 
-def _error_series(family, depth, method, ratio) -> list[Series]:
-    """Recovery error against α: converged runs joined by a line, the others as
-    hollow markers."""
+def _error_series(family, depth, method, ratio) -> Series:
+    """Recovery error against α of the converged runs, joined by a line (the
+    others are drawn hollow by the panel's `_hollow`)."""
     tag = f"{family}/L{depth}/{method}"
-    colour, marker = COLOURS[family], MARKERS[method]
-    return [
-        Series(
-            f"{tag}/error:ok",
-            "scales",
-            STYLES[depth],
-            _label(family, depth, method, ratio),
-            options=dict(marker=marker, color=colour),
-        ),
-        Series(
-            f"{tag}/error:not",
-            "scales",
-            marker,
-            options=dict(color=colour, markerfacecolor="none"),
-        ),
-    ]
+    return Series(
+        f"{tag}/error:ok",
+        "scales",
+        STYLES[depth],
+        _label(family, depth, method, ratio),
+        options=dict(marker=MARKERS[method], color=COLOURS[family]),
+    )
 
 
 def _converged_series(name: str, family, depth, method) -> Series:
@@ -238,20 +233,36 @@ def _legend_on_top(ax, data) -> None:
     ax.legend(fontsize=6, ncol=2, loc="upper center")
 
 
-#: The axes of the two recovery-error panels.
-_ERROR_AXES = dict(
-    xlabel="init scale α",
-    ylabel="‖β_∞ − β*‖",
-    xscale="log",
-    yscale="log",
-    draw=_legend_on_top,
-    legend_size=0.0,
-)
+def _hollow(ax, data, *, runs) -> None:
+    """The runs' unconverged points as hollow markers (no legend entry), then
+    the legend above the data (`_legend_on_top`)."""
+    for family, depth, method in runs:
+        y = np.asarray(data[f"{family}/L{depth}/{method}/error:not"], float)
+        ax.plot(
+            data["scales"],
+            y,
+            MARKERS[method],
+            color=COLOURS[family],
+            markerfacecolor="none",
+        )
+    _legend_on_top(ax, data)
+
+
+def _error_axes(runs) -> dict:
+    """The axes of a recovery-error panel over `runs` (family, depth, method)."""
+    return dict(
+        xlabel="init scale α",
+        ylabel="‖β_∞ − β*‖ (hollow: not converged)",
+        xscale="log",
+        yscale="log",
+        draw=functools.partial(_hollow, runs=runs),
+        legend_size=0.0,
+    )
 
 
 def _heat_map(ax, data, *, method: str, depth: int) -> None:
     """log10 of polar / plain recovery error over α × ρ (stacked polar net), with
-    K where the flow used Kvaerno5 and ! where it did not converge."""
+    ! where the run did not converge and ~ where it stalled at a saddle."""
     tag = f"polar/L{depth}/{method}"
     plain = np.asarray(data[f"plain/L{depth}/gf/recovery_error"])[:, :1]
     errors = _positive(np.asarray(data[f"{tag}/recovery_error"], float))
@@ -262,10 +273,13 @@ def _heat_map(ax, data, *, method: str, depth: int) -> None:
     scales, ratios = data["scales"], data["ratios"]
     ax.set_xticks(range(len(scales)), [f"{a:g}" for a in scales])
     ax.set_yticks(range(len(ratios)), [f"{r:g}" for r in ratios])
-    implicit, converged = data[f"{tag}/implicit"], data[f"{tag}/converged"]
+    converged, efold = data[f"{tag}/converged"], data[f"{tag}/efolding_time"]
+    horizon = data["horizon"]
     for i in range(len(scales)):
         for j in range(len(ratios)):
-            mark = ("K" if implicit[i, j] else "") + ("" if converged[i, j] else "!")
+            stalled = efold[i, j] > horizon and method == "gf"
+            mark = "K" if data[f"{tag}/implicit"][i, j] else ""
+            mark += "" if converged[i, j] else ("~" if stalled else "!")
             ax.text(
                 i, j, f"{ratio[i, j]:.1f}{mark}", ha="center", va="center", fontsize=8
             )

@@ -9,8 +9,13 @@ from .. import dynamics
 from ._wn_robust_bias_train import METHOD_NAMES, ULPS
 
 
-def _status_name(code: int) -> str:
+def _status_name(code: int, efolding_time: float, horizon: float) -> str:
+    """The row's status: "converged" (L < tol), "saddle" (the budget ran out
+    where the flow's e-folding time L/‖∇L‖²_P exceeds the horizon `t1`: stalled
+    near a stationary point with L > tol), else the run's own status."""
     name = dynamics.status_name(code)
+    if name != "event_occurred" and efolding_time > horizon:
+        return "saddle"
     if name == "event_occurred":
         return "converged"
     if name == "successful":
@@ -35,6 +40,10 @@ def _floats(pair, family):
 def rows_for(family, depth, method, values, s, theory) -> list[dict]:
     """One row per grid point of one (family, depth, method)."""
     rows = []
+
+    def lr_time(i, j):  # GD's clock: the budget spans steps·η of flow time
+        return float(values["time"][i, j]) / max(int(values["steps"][i, j]), 1)
+
     ratios = s["ratios"] if family != "plain" else (None,)
     for i, scale in enumerate(s["scales"]):
         for j, ratio in enumerate(ratios):
@@ -49,7 +58,12 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
                     final_loss=float(values["final_loss"][i, j]),
                     time=float(values["time"][i, j]),
                     steps=int(values["steps"][i, j]),
-                    status=_status_name(int(values["status"][i, j])),
+                    status=_status_name(
+                        int(values["status"][i, j]),
+                        float(values["efolding_time"][i, j]),
+                        s["t1"] if method == "gf" else s["steps"] * lr_time(i, j),
+                    ),
+                    efolding_time=_float(values["efolding_time"][i, j]),
                     solver=(
                         ("Kvaerno5" if values["implicit"][i, j] else "Tsit5")
                         if method == "gf"
@@ -153,8 +167,8 @@ def alpha_label(scale) -> str:
 
 def table_rows(rows) -> list[dict]:
     """One row per (model, depth, method, ρ), with the recovery error per α as
-    text: `*` where the flow was solved by Kvaerno5, `!` where it did not
-    converge."""
+    text: `*` where the flow was solved by Kvaerno5, `!` where the run did not
+    converge in its budget, `~` where it stalled at a saddle (`_status_name`)."""
     groups = {}
     for r in rows:
         key = (r["model"], r["depth"], r["method"], r["ratio"])
@@ -168,6 +182,6 @@ def table_rows(rows) -> list[dict]:
             ),
         )
         mark = "*" if r["solver"] == "Kvaerno5" else ""
-        mark += "" if r["status"] == "converged" else "!"
+        mark += dict(converged="", saddle="~").get(r["status"], "!")
         group[alpha_label(r["scale"])] = f"{r['recovery_error']:.2e}{mark}"
     return list(groups.values())

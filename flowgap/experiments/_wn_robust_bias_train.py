@@ -12,6 +12,7 @@ from .. import analysis, dynamics, models, sweeps
 from .._checks import is_concrete
 from .._precision import TOLERANCE_ULPS, attainable_tolerances
 from ._settings import SettingError
+from ._wn_robust_bias_log import LogCoordinateField, LogCoordinates
 
 FAMILIES = ("plain", "polar", "polar-split")
 METHODS = {"plain": ("gf", "gd"), "polar": ("gf", "rpgd", "sk")}
@@ -123,9 +124,9 @@ def _radii(model, family: str):
     return jnp.broadcast_to(model.radius, (2,)), jnp.broadcast_to(norm, (2,))
 
 
-def _outputs(traj, problem, model0, scale, ratio, implicit, family):
-    """The scalars and vectors one run reports (see `train`)."""
-    final = traj.final
+def _outputs(traj, final, problem, model0, scale, ratio, family):
+    """The scalars and vectors one run reports (see `train`); `final` is the
+    model at the stop."""
     radius, direction_norm = _radii(final, family)
     r0, _ = _radii(model0, family)
     beta = final.end_to_end()
@@ -138,7 +139,6 @@ def _outputs(traj, problem, model0, scale, ratio, implicit, family):
         status=dynamics.status_code(traj.result),
         successful=traj.successful,
         converged=traj.result == dynamics.RESULTS.event_occurred,
-        implicit=jnp.asarray(implicit),
         radius=radius,
         direction_norm=direction_norm,
         alpha_eff=analysis.effective_scale(scale, r0, radius, ratio),
@@ -146,42 +146,47 @@ def _outputs(traj, problem, model0, scale, ratio, implicit, family):
 
 
 def _flow_options(rates, s) -> dict:
+    """`gradient_flow`'s options for the log-coordinate flow (`rates`: the
+    model's rate pytree, or None)."""
     return dict(
         t1=s["t1"],
+        field=LogCoordinateField(None if rates is None else LogCoordinates(rates)),
         solver=diffrax.Tsit5(),
         rtol=s["rtol"],
         atol=s["atol"],
         max_steps=s["max_steps"],
-        rates=rates,
         stop_when=dynamics.LossBelow(s["tol"]),
     )
 
 
-def _flow(loss, model, rates, s, solver: str):
-    """The gradient flow of `train`, and whether Kvaerno5's run is the one kept."""
-    options = _flow_options(rates, s)
-    if solver == "fallback":
-        traj = dynamics.gradient_flow_with_fallback(
-            loss,
-            model,
-            fallback_solver=diffrax.Kvaerno5(),
-            fallback_max_steps=s["implicit_steps"],
-            **options,
-        )
-        return traj, traj.stats["fallback"]
-    if solver == "implicit":
-        options.update(solver=diffrax.Kvaerno5(), max_steps=s["implicit_steps"])
-    return dynamics.gradient_flow(loss, model, **options), solver == "implicit"
+def _implicit() -> diffrax.Kvaerno5:
+    """Kvaerno5 (L-stable, order 5). Its Newton–chord iteration takes the step
+    controller's rtol/atol and norm and stops at kappa = 1e-2 of them (Diffrax's
+    default, Hairer–Wanner's choice), so the nonlinear solve's error stays well
+    inside the error the controller accepts. (A max-norm iteration instead
+    needed more than 3000 steps on the slow tail that this one finishes in
+    1821: `_stiff` in tests/test_wn_robust_bias.py.)"""
+    return diffrax.Kvaerno5()
 
 
-def train(problem, scale, ratio, *, family, method, depth, settings, solver="fallback"):
+def _efolding_time(loss, model, rates):
+    r"""L/‖∇_wL‖²_P at `model`: the time the flow would take, at its current
+    speed (L̇ = −‖∇_wL‖²_P), to lower L by a factor e. Far above the horizon `t1`
+    it marks a run stalled near a stationary point with L > 0 (a saddle)."""
+    value, grad = jax.value_and_grad(loss)(model)
+    speed = jax.tree.map(lambda g, p: jnp.sum(p * g**2), grad, rates)
+    return value / sum(jax.tree.leaves(speed))
+
+
+def train(problem, scale, ratio, *, family, method, depth, settings, solver="tsit5"):
     r"""One run: `family` ("plain", "polar", "polar-split") of `depth` from
     u = v = α·1, trained by `method` to L < `tol`.
 
-    - "gf": `gradient_flow_with_fallback` with `rates=model.rates(ρ)`: Tsit5
-      (`max_steps`), re-solved by Kvaerno5 (`implicit_steps`) where Tsit5 fails
-      (stiff: max_steps reached). Under `vmap` the implicit solve runs only if
-      some run of the batch needs it;
+    - "gf": the gradient flow with `rates=model.rates(ρ)`, solved by Tsit5 in
+      log coordinates (`LogCoordinates`, `LogCoordinateField`: the same ODE,
+      without the stiffness of the decaying off-support weights) to L < `tol`
+      within `max_steps` steps and flow time `t1` (`solver="kvaerno5"`: by
+      Kvaerno5 within `implicit_steps`, as `grid_run` does where Tsit5 fails);
     - "gd": plain GD; "rpgd": GD then renormalised direction; "sk": plain GD on
       (r, θ) (Salimans–Kingma), all at η = `learning_rate(...)` (direction ρη).
 
@@ -190,17 +195,23 @@ def train(problem, scale, ratio, *, family, method, depth, settings, solver="fal
     **Returns:** a dict: `beta` β_∞, `recovery_error` ‖β_∞ − β*‖, `final_loss`,
     `time` (flow time, or k·η, at the stop), `steps` (solver / GD steps),
     `status` (`flowgap.RESULTS` code), `successful` (the run ended normally),
-    `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`), `implicit`
-    (the Kvaerno5 solve was kept), `radius` and `direction_norm` (per block; NaN
+    `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`),
+    `efolding_time` (L/‖∇_wL‖²_P at the stop: `_efolding_time`), `implicit`
+    (the run is Kvaerno5's), `radius` and `direction_norm` (per block; NaN
     for the plain net) and `alpha_eff` (docs: theory/implicit-bias, from the
     final radius).
     """
+    if solver not in ("tsit5", "kvaerno5"):
+        raise ValueError(f"`solver` must be 'tsit5' or 'kvaerno5', got {solver!r}.")
     s = settings
     model = make_model(family, s["d"], depth, scale)
     rates = None if family == "plain" else model.rates(ratio)
-    implicit = False
     if method == "gf":
-        traj, implicit = _flow(problem.loss, model, rates, s, solver)
+        options = _flow_options(rates, s)
+        if solver == "kvaerno5":
+            options.update(solver=_implicit(), max_steps=s["implicit_steps"])
+        traj = dynamics.gradient_flow(problem.loss, LogCoordinates.of(model), **options)
+        final = traj.final.model()
     else:
         traj = dynamics.gradient_descent(
             problem.loss,
@@ -212,30 +223,40 @@ def train(problem, scale, ratio, *, family, method, depth, settings, solver="fal
             projection=models.PolarDiagonalNet.normalised if method == "rpgd" else None,
             stop_when=dynamics.LossBelow(s["tol"]),
         )
-    return _outputs(traj, problem, model, scale, ratio, implicit, family)
+        final = traj.final
+    out = _outputs(traj, final, problem, model, scale, ratio, family)
+    out["implicit"] = jnp.asarray(method == "gf" and solver == "kvaerno5")
+    ones = jax.tree.map(jnp.ones_like, final)
+    out["efolding_time"] = _efolding_time(
+        problem.loss, final, ones if rates is None else rates
+    )
+    return out
 
 
 def grid_run(problem, family, method, depth, s) -> dict:
     """`train` over the (α, ρ) grid (α only for the plain net), as NumPy arrays
     of shape (scales, ratios) (one ratio column for the plain net).
 
-    A flow is one program of Tsit5 runs (`flowgap.sweep`), then, only if some
-    failed (stiff: `max_steps` reached), one program of Kvaerno5 runs over those
-    points, whose runs are kept there: the fallback of
-    `gradient_flow_with_fallback` on concrete values, so Kvaerno5 is compiled
-    only where it is needed."""
+    One program (`flowgap.sweep`) of runs; for a flow, then, only if some Tsit5
+    run failed (`max_steps`: a slow tail whose curvature is far below the
+    fitted modes'), one program of Kvaerno5 runs over those points, kept where
+    they reach a lower loss. Kvaerno5 is compiled only where it is needed."""
     ratios = s["ratios"] if family != "plain" else (1.0,)
     scale, ratio = (a.ravel() for a in np.meshgrid(s["scales"], ratios, indexing="ij"))
     options = dict(family=family, method=method, depth=depth, settings=s)
-    first = "explicit" if method == "gf" else "fallback"
-    values = _points(problem, scale, ratio, solver=first, **options)
+    values = _points(problem, scale, ratio, **options)
     failed = ~values["successful"]
     if method == "gf" and failed.any():
         again = _points(
-            problem, scale[failed], ratio[failed], solver="implicit", **options
+            problem, scale[failed], ratio[failed], solver="kvaerno5", **options
         )
+        # Kvaerno5's run is kept where it got further (lower L): where neither
+        # finished, the row then reports the furthest state and its status.
+        index = np.flatnonzero(failed)
+        index = index[again["final_loss"] < values["final_loss"][index]]
+        keep = again["final_loss"] < values["final_loss"][failed]
         for key, value in values.items():
-            value[failed] = again[key]
+            value[index] = again[key][keep]
     shape = (len(s["scales"]), len(ratios))
     return {k: v.reshape(shape + v.shape[1:]) for k, v in values.items()}
 
@@ -255,7 +276,8 @@ def _plain_from(problem, depth, scale, s):
     """Gradient-flow limit β of the plain net from u = v = α·1, explicit solver
     only (NaN unless it converged)."""
     model = models.DiagonalNet(s["d"], depth=depth, scale=scale)
-    traj = dynamics.gradient_flow(problem.loss, model, **_flow_options(None, s))
+    start = LogCoordinates.of(model)
+    traj = dynamics.gradient_flow(problem.loss, start, **_flow_options(None, s))
     converged = traj.result == dynamics.RESULTS.event_occurred
     return jnp.where(converged, traj.final.end_to_end(), jnp.nan)
 
