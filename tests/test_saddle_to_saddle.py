@@ -1,13 +1,20 @@
 """Saddle-to-saddle: stage detection, one rank per stage, the finite-step
-slowdown per plateau, and unit alignment (docs: theory/saddle-to-saddle)."""
+slowdown per plateau, and unit alignment (docs: theory/saddle-to-saddle), on
+Gaussian inputs and on the digits."""
 
 import json
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowgap import analysis, experiments
+from flowgap import analysis, experiments, models
+from flowgap.experiments._saddle_nets import StagedTwoLayer
+from flowgap.experiments._saddle_problems import saddle_problem
+
+from .helpers import tree_allclose
 
 
 def test_detects_a_synthetic_staircase():
@@ -211,3 +218,91 @@ def test_units_align_on_every_plateau_as_alpha_and_lr_shrink(quick):
                 if r["plateau"] == plateau and r["lr"] == lr
             )
             assert all(np.diff([v for _, v in line]) > 0), (plateau, lr, line)
+
+
+def test_digits_inputs_span_the_digits_spectrum():
+    """problem=digits: d uncorrelated principal components of the UCI digits,
+    at ranks spaced from the 1st to the 48th, with variances λ_r/λ₁: from 1 down
+    past 10⁻² (the 48th eigenvalue of 200 digits is 2.8e-3 of the first), where
+    the top 8 alone stop near 0.3; targets are a rank-3 linear map of them."""
+    s = dict(problem="digits", n=200, d=8, out_dim=4, teacher_rank=3, decay=1.0)
+    problem = saddle_problem(s, jax.random.key(0))
+    x, y = np.asarray(problem.inputs), np.asarray(problem.targets)
+    covariance = x.T @ x / len(x)
+    spectrum = np.diag(covariance)
+    # uncorrelated to round-off: off-diagonal at the ε·λ₁ level
+    assert np.abs(covariance - np.diag(spectrum)).max() < 1e-12
+    assert spectrum[0] == pytest.approx(1.0, rel=1e-12)
+    assert np.all(np.diff(spectrum) < 0)
+    assert spectrum[-1] < 1e-2
+    assert np.linalg.matrix_rank(y.T @ x / len(x), tol=1e-10) == 3
+
+
+@pytest.fixture(scope="module")
+def digits(quick):
+    # after `quick`: same shapes (n = 200, d = 8), so its compiled programs serve
+    result, _ = experiments.run(
+        "saddle-to-saddle",
+        quick=True,
+        overrides={"problem": "digits"},
+        save=False,
+        progress=False,
+    )
+    return result
+
+
+def test_digits_regression_learns_in_stages_on_both_clocks(digits):
+    """On the digits' anisotropic inputs (spectrum over two decades) both nets
+    learn in stages on GD and on the flow, from both init scales: the linear
+    net one stage per teacher rank, rank 1, 2, 3, the tanh net at least 2 with
+    rising rank; each stage ends on a lower loss."""
+    rank = digits.settings["teacher_rank"]
+    for scale in digits.settings["scales"]:
+        for clock in ("gd", "gf"):
+            linear = digits.stages("linear", scale, clock)
+            assert [s["rank_after"] for s in linear] == list(range(1, rank + 1))
+            tanh = digits.stages("tanh", scale, clock)
+            assert len(tanh) >= 2
+            assert all(np.diff([s["rank_after"] for s in tanh]) > 0)
+            for stages in (linear, tanh):
+                assert all(np.diff([s["loss_after"] for s in stages]) < 0)
+
+
+def test_digits_escape_times_follow_the_singular_values(digits):
+    # the same finite-step slowdown as on Gaussian inputs, per plateau, within
+    # the save-spacing tolerance, which resolves the effect (≤ a quarter of it);
+    # the flow's slope against −ln α is 1/σ_k to that tolerance's scale
+    fits = digits.fits["slowdown"]
+    assert len(fits) == digits.settings["teacher_rank"]
+    for f in fits:
+        assert f["tolerance"] <= 0.25 * (f["predicted_ratio"] - 1)
+        assert abs(f["measured_ratio"] - f["predicted_ratio"]) <= f["tolerance"]
+    first = fits[0]
+    assert abs(first["gf_slope"] - first["inverse_sigma"]) < 0.05 * first["gf_slope"]
+
+
+@pytest.mark.parametrize(
+    "overrides, setting",
+    [
+        ({"problem": "mnist"}, "`problem`"),
+        ({"problem": "digits", "d": "64"}, "`d`"),
+        ({"problem": "digits", "n": "40"}, "`n`"),
+    ],
+)
+def test_bad_problem_settings_name_the_setting(overrides, setting):
+    with pytest.raises(ValueError, match=setting):
+        experiments.run("saddle-to-saddle", quick=True, overrides=overrides, save=False)
+
+
+@pytest.mark.parametrize("activation", ["linear", "tanh"])
+def test_staged_net_is_the_two_layer_net(activation, key):
+    # the activation as data: the same value and gradient as `models.TwoLayer`
+    # (`jnp.where` selects one branch exactly), to float64 round-off
+    net = models.TwoLayer(5, 4, 3, activation=activation, scale=0.7, key=key)
+    staged = StagedTwoLayer.of(net)
+    x = jax.random.normal(jax.random.key(3), (5,))
+    assert tree_allclose(staged(x), net(x), rtol=1e-15, atol=0.0)
+    grad = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x))))
+    g_net, g_staged = grad(net), grad(staged)
+    assert tree_allclose(g_staged.w1, g_net.w1, rtol=1e-14, atol=1e-16)
+    assert tree_allclose(g_staged.w2, g_net.w2, rtol=1e-14, atol=1e-16)

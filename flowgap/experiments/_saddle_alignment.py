@@ -23,12 +23,15 @@ from scipy import stats
 
 from .. import analysis, dynamics, models
 from .._precision import attainable, params_dtype
+from ._saddle_nets import StagedTwoLayer
 
 
-def alignment_sweep(problem, s) -> dict:
+def alignment_sweep(problem, s, steps: int) -> dict:
     """ρ_r on every plateau for GD runs over `alignment_scales` × `alignment_lrs`
     (each at least to time `t1`), and the fits: `rows` (one per plateau and fit) and
-    `ratios` (lr, scale, plateau, ρ)."""
+    `ratios` (lr, scale, plateau, ρ). Every run is GD in blocks of `steps` steps,
+    the main runs' step count, so all of them reuse the main runs' compiled
+    program (η is traced)."""
     template = _net(s, 1.0)
     skip = dynamics.saddle_skip(
         problem.loss,
@@ -45,18 +48,37 @@ def alignment_sweep(problem, s) -> dict:
             skip.stats["saddle_coefficient"],
         )
     ][:-1]  # the last is the minimum: no plateau after it
-    # one step count for every rate (the smallest rate's to t1): one compiled
-    # program; larger rates run on past t1 at the minimum, which adds no plateau
-    steps = int(round(s["t1"] / min(s["alignment_lrs"])))
     ratios = []
     for lr in s["alignment_lrs"]:
         for scale in s["alignment_scales"]:
-            traj = dynamics.gradient_descent(
-                problem.loss, _net(s, scale), lr=lr, steps=steps
-            )
+            net = StagedTwoLayer.of(_net(s, scale))
+            traj = descend_to(problem, net, lr, s["t1"], steps)
             for r, value in enumerate(plateau_minima(traj, saddles)):
                 ratios.append(dict(lr=lr, scale=scale, plateau=r, ratio=value))
     return dict(rows=_fits(ratios, s), ratios=ratios)
+
+
+def descend_to(problem, net, lr, t1, steps) -> dict:
+    """GD at rate `lr` in blocks of `steps` steps (each block starts from the last
+    one's final model: the same iterates as one run) until time ≥ `t1`; every
+    step saved. A block past t1 at a larger rate only adds saves at the minimum.
+
+    **Returns:** `ts`, `loss`, `w1`, `w2` along the whole run (numpy)."""
+    parts, t0 = [], 0.0
+    while True:
+        traj = dynamics.gradient_descent(problem.loss, net, lr=lr, steps=steps)
+        first = 0 if not parts else 1  # the block's save 0 is the last one's end
+        parts.append(
+            dict(
+                ts=t0 + np.asarray(traj.ts)[first:],
+                loss=np.asarray(traj.loss)[first:],
+                w1=np.asarray(traj.models.w1)[first:],
+                w2=np.asarray(traj.models.w2)[first:],
+            )
+        )
+        net, t0 = traj.final, t0 + steps * lr
+        if t0 >= t1 * (1 - 1e-12):
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _net(s, scale):
@@ -72,10 +94,10 @@ def _net(s, scale):
 
 def plateau_minima(traj, saddles) -> list[float]:
     """min over plateau r's saves of ρ_r, for each plateau GD left (a plateau
-    runs from the end of stage r, or the start, to the start of stage r + 1)."""
-    ts = np.asarray(traj.ts)
-    stages = analysis.detect_stages(ts, traj.loss)
-    w1, w2 = np.asarray(traj.models.w1), np.asarray(traj.models.w2)
+    runs from the end of stage r, or the start, to the start of stage r + 1);
+    `traj` as from `descend_to`."""
+    ts, w1, w2 = traj["ts"], traj["w1"], traj["w2"]
+    stages = analysis.detect_stages(ts, traj["loss"])
     out = []
     for r, stage in enumerate(stages[: len(saddles)]):
         first = 0 if r == 0 else int(np.searchsorted(ts, stages[r - 1].end))

@@ -1,7 +1,8 @@
 r"""saddle-to-saddle: small-init two-layer nets learn in stages, one rank at a time.
 
 A two-layer net f(x) = W₂σ(W₁x) (σ linear or tanh) from N(0, α²) entries fits a
-rank-3 linear teacher on anisotropic Gaussian inputs by GD and by the exact flow
+rank-3 linear teacher on anisotropic inputs (Gaussian, or the principal components
+of the UCI digits: `problem`) by GD and by the exact flow
 (docs: theory/saddle-to-saddle). The loss is a staircase: each plateau sits at a saddle
 whose
 end-to-end map has rank k, and each stage adds one rank. Stages are detected
@@ -18,15 +19,14 @@ close to rank 1 during the first.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from .. import analysis, dynamics, models, problems
-from .._precision import attainable, params_dtype
+from .. import analysis, dynamics, models
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
 from ._saddle_alignment import alignment_sweep
+from ._saddle_nets import staircase_runs
+from ._saddle_problems import PROBLEMS, check_problem, saddle_problem
 from ._saddle_stages import (
     alignment_at_escape,
     deep_linear_maps,
@@ -43,8 +43,22 @@ from ._table import Column, render_table
 NAME = "saddle-to-saddle"
 
 SETTINGS = (
+    Setting(
+        "problem",
+        "synthetic",
+        "inputs: Gaussian with spectrum j^(−decay), or the digits' principal "
+        "components (decay unused)",
+        "str",
+        choices=PROBLEMS,
+    ),
     Setting("n", 200, "samples", "int", minimum=1),
-    Setting("d", 8, "input dimension", "int", minimum=2),
+    Setting(
+        "d",
+        8,
+        "input dimension (digits: principal directions, ≤ 48)",
+        "int",
+        minimum=2,
+    ),
     Setting("out_dim", 4, "output dimension", "int", minimum=1),
     Setting(
         "teacher_rank", 3, "width (= rank) of the linear teacher", "int", minimum=1
@@ -90,6 +104,7 @@ ACTIVATIONS = ("linear", "tanh")
 
 
 def _check(s):
+    check_problem(s)
     if len(s["scales"]) != 2 or s["scales"][0] <= s["scales"][1]:
         raise SettingError(
             "setting `scales` must be two init scales, the larger first, got "
@@ -101,37 +116,6 @@ def _check(s):
             f"setting `t1` must be a whole number of steps of lr = {s['lr']}"
         )
     return int(round(steps))
-
-
-def _runs(problem, s, steps, progress):
-    """GD (every step saved) and GF (`flow_saves_per_step` saves per GD step) per
-    activation and scale."""
-    out = {}
-    jobs = [(a, scale) for a in ACTIVATIONS for scale in s["scales"]]
-    for activation, scale in tqdm(jobs, desc="saddle-to-saddle", disable=not progress):
-        net = models.TwoLayer(
-            s["d"],
-            s["width"],
-            s["out_dim"],
-            activation=activation,
-            scale=scale,
-            key=jax.random.key(1),
-        )
-        gd = dynamics.gradient_descent(problem.loss, net, lr=s["lr"], steps=steps)
-        gf = dynamics.gradient_flow(
-            problem.loss,
-            net,
-            t1=s["t1"],
-            ts=jnp.linspace(0.0, s["t1"], steps * s["flow_saves_per_step"] + 1),
-            # 1e-10 in float64; a coarser dtype's floor (100·ε) otherwise
-            rtol=attainable(1e-10, params_dtype(net)),
-            # weights start at α: an absolute tolerance above α would switch off
-            # error control on the plateau and misplace the escape
-            atol=1e-4 * scale,
-            max_steps=1_000_000,
-        )
-        out[activation, scale] = {"gd": gd, "gf": gf}
-    return out
 
 
 def _layerwise(problem, s):
@@ -163,24 +147,16 @@ def run(
     """Run saddle-to-saddle with resolved `settings` (see `SETTINGS`)."""
     s = settings
     steps = _check(s)
-    problem = problems.teacher_student(
-        jax.random.key(seed),
-        n=s["n"],
-        d=s["d"],
-        teacher_width=s["teacher_rank"],
-        out_dim=s["out_dim"],
-        activation="linear",
-        decay=s["decay"],
-    )
+    problem = saddle_problem(s, jax.random.key(seed))
     coefficient = np.asarray(problem.targets.T @ problem.inputs / s["n"])
     sigma = np.linalg.svd(coefficient, compute_uv=False)
-    runs = _runs(problem, s, steps, progress)
+    runs = staircase_runs(problem, s, steps, ACTIVATIONS, progress)
     rows, by_activation, curves, seeded = staircases(runs, s["scales"])
     stages = {k[1:]: v for k, v in by_activation.items() if k[0] == "linear"}
     tanh = {k[1:]: v for k, v in by_activation.items() if k[0] == "tanh"}
     small = runs["linear", s["scales"][1]]["gd"]
     curves["alignment"] = unit_alignment(small, coefficient)
-    alignment = alignment_sweep(problem, s)
+    alignment = alignment_sweep(problem, s, steps)
     layer_curves, layer_stages = _layerwise(problem, s)
     curves.update(layer_curves)
     fits = dict(
@@ -284,7 +260,9 @@ class SaddleToSaddleResult(ExperimentResult):
 
     def figure_title(self):
         s = self.settings
+        # results saved before `problem` existed are synthetic
         return (
+            f"{s.get('problem', 'synthetic')} inputs, "
             f"teacher rank {s['teacher_rank']}, n={s['n']}, d={s['d']}, "
             f"width {s['width']}, η={s['lr']:g}"
         )
