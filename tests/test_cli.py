@@ -99,6 +99,7 @@ def test_quick_run_writes_a_loadable_folder(tmp_path):
         assert a[key].tobytes() == b[key].tobytes(), key
 
 
+@pytest.mark.slow  # the default suite compares two runs' bits in the cache test
 def test_same_seed_same_bytes(tmp_path):
     for name in ("a", "b"):
         assert (
