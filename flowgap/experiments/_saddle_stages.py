@@ -1,6 +1,6 @@
 """Measurements on saddle-to-saddle runs (docs: theory/saddle-to-saddle): the
 stages of each run, the finite-step slowdown per plateau, the alignment of the
-units with the top singular pair, and the rank of the layers on a plateau."""
+units with the top singular pair, and the end-to-end map of a deep linear net."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -163,14 +163,3 @@ def deep_linear_maps(weights) -> np.ndarray:
     for w in weights[1:]:
         product = np.asarray(w) @ product
     return product
-
-
-def plateau_ratio(stages, ts, ratios):
-    """Median over the plateau after the first stage (to the next stage or the
-    end) of the largest σ₂/σ₁ among the layers: ≪ 1 when every layer is near
-    rank 1. None if there is no first stage."""
-    if not stages:
-        return None
-    stop = stages[1].start if len(stages) > 1 else ts[-1]
-    inside = (ts >= stages[0].end) & (ts <= stop)
-    return float(np.median(ratios[inside].max(axis=1))) if inside.any() else None

@@ -14,24 +14,29 @@ escape grows with δ = −ln α at rate η/ln(1 + ησ_k) for GD against 1/σ_k 
 flow. The ratio of the two slopes, measured from the two init scales (the O(1)
 parts cancel in the difference), is compared with ησ_k/ln(1 + ησ_k), σ_k the k-th
 singular value of the coefficient matrix C = (1/n)YᵀX at the origin.
-Layer-wise GD on a three-layer linear net shows the same plateaus with every layer
-close to rank 1 during the first.
+Layer-wise GD on a three-layer linear net shows the same plateaus, with every
+layer close to rank k on plateau k and each stage adding a rank-one piece to every
+layer, both measured against the init scale (`_saddle_layerwise`).
 """
 
 import jax
 import numpy as np
 
-from .. import analysis, dynamics, models
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
 from ._saddle_alignment import alignment_sweep
+from ._saddle_layerwise import (
+    SAVE_EVERY,
+    approach_panel,
+    layerwise_figure_data,
+    layerwise_sweep,
+    scaling_panel,
+)
 from ._saddle_nets import staircase_runs
 from ._saddle_problems import PROBLEMS, check_problem, saddle_problem
 from ._saddle_stages import (
     alignment_at_escape,
-    deep_linear_maps,
     escape_slopes,
-    plateau_ratio,
     slowdown,
     staircases,
     unit_alignment,
@@ -76,9 +81,19 @@ SETTINGS = (
         minimum=1,
     ),
     Setting(
-        "layerwise_steps", 6000, "steps of layer-wise GD (3-layer)", "int", minimum=1
+        "layerwise_steps",
+        12000,
+        f"steps of layer-wise GD (3-layer; a multiple of {SAVE_EVERY})",
+        "int",
+        minimum=1,
     ),
-    Setting("layerwise_scale", 0.01, "init scale of the 3-layer net", positive=True),
+    Setting(
+        "layerwise_scales",
+        (0.04, 0.02, 0.01, 0.005),
+        "init scales of the 3-layer net (at least two)",
+        "floats",
+        positive=True,
+    ),
     Setting(
         "alignment_scales",
         (1e-6, 1e-8, 1e-10, 1e-12),
@@ -97,8 +112,9 @@ SETTINGS = (
 
 # The scales are those of the defaults: Δδ = ln(α₁/α₂) ≈ 23 makes the slowdown's
 # quantisation tolerance (≈ 4ησ/Δδ) a tenth of the effect (≈ ησ/2) on every
-# plateau; t1 = 130 is just past the third escape from α = 1e-16.
-QUICK = dict(t1=130.0, layerwise_steps=3000)
+# plateau; t1 = 130 is just past the third escape from α = 1e-16. The layer-wise
+# plateaus last ∝ 1/α (depth 3): from α = 0.01 the third stage ends near t = 570.
+QUICK = dict(t1=130.0, layerwise_steps=8000, layerwise_scales=(0.04, 0.02, 0.01))
 
 ACTIVATIONS = ("linear", "tanh")
 
@@ -110,35 +126,22 @@ def _check(s):
             "setting `scales` must be two init scales, the larger first, got "
             f"{s['scales']}"
         )
+    if len(set(s["layerwise_scales"])) < 2:
+        raise SettingError(
+            "setting `layerwise_scales` must hold at least two distinct scales, got "
+            f"{s['layerwise_scales']}"
+        )
+    if s["layerwise_steps"] % SAVE_EVERY:
+        raise SettingError(
+            f"setting `layerwise_steps` must be a multiple of {SAVE_EVERY}, got "
+            f"{s['layerwise_steps']}"
+        )
     steps = s["t1"] / s["lr"]
     if abs(steps - round(steps)) > 1e-9 * steps:
         raise SettingError(
             f"setting `t1` must be a whole number of steps of lr = {s['lr']}"
         )
     return int(round(steps))
-
-
-def _layerwise(problem, s):
-    """Layer-wise GD on W₃W₂W₁ (docs: theory/saddle-to-saddle): its loss and the
-    σ₂/σ₁ of each layer (curves), and the stages of its end-to-end map."""
-    dims = (s["d"], s["width"], s["width"], s["out_dim"])
-    net = models.DeepLinear(dims, scale=s["layerwise_scale"], key=jax.random.key(2))
-    traj = dynamics.gradient_descent(
-        problem.loss, net, lr=s["lr"], steps=s["layerwise_steps"], layerwise=True
-    )
-    ratios = []
-    for weights in traj.models.weights:
-        values = np.linalg.svd(np.asarray(weights), compute_uv=False)
-        ratios.append(values[:, 1] / values[:, 0])
-    curves = {
-        "layerwise/ts": np.asarray(traj.ts),
-        "layerwise/loss": np.asarray(traj.loss),
-        "layerwise/sigma2_over_sigma1": np.stack(ratios, axis=1),
-    }
-    stages = analysis.detect_stages(
-        traj.ts, traj.loss, maps=deep_linear_maps(traj.models.weights)
-    )
-    return curves, stages
 
 
 def run(
@@ -157,7 +160,7 @@ def run(
     small = runs["linear", s["scales"][1]]["gd"]
     curves["alignment"] = unit_alignment(small, coefficient)
     alignment = alignment_sweep(problem, s, steps)
-    layer_curves, layer_stages = _layerwise(problem, s)
+    layer_curves, layerwise = layerwise_sweep(problem, s)
     curves.update(layer_curves)
     fits = dict(
         sigma=sigma.tolist(),
@@ -173,18 +176,7 @@ def run(
         alignment_at_first_escape=alignment_at_escape(
             stages["gd", 1], small.ts, curves["alignment"]
         ),
-        layerwise_stages=[
-            dict(
-                start=x.start,
-                end=x.end,
-                loss_after=x.loss_after,
-                rank_after=x.rank_after,
-            )
-            for x in layer_stages
-        ],
-        layerwise_plateau_ratio=plateau_ratio(
-            layer_stages, curves["layerwise/ts"], curves["layerwise/sigma2_over_sigma1"]
-        ),
+        layerwise=layerwise,
     )
     return SaddleToSaddleResult(s, rows, fits, curves)
 
@@ -196,6 +188,7 @@ class SaddleToSaddleResult(ExperimentResult):
     """Stage table (`rows`), slowdown fits and alignment (`fits`), curves."""
 
     PANEL_SIZE = (5.0, 4.4)
+    FIGURE_COLUMNS = 3
 
     def stages(self, activation="linear", scale=None, clock="gd") -> list:
         """The table rows of one run (default: the linear net's GD run from the
@@ -239,18 +232,13 @@ class SaddleToSaddleResult(ExperimentResult):
                 "s₁(W₁), so their starts and the slowdown rows of those stages "
                 "measure the dtype, not −ln α; run in float64"
             )
-        r = self.fits["layerwise_plateau_ratio"]
-        notes.append(
-            f"layer-wise GD, 3-layer linear net: {len(self.fits['layerwise_stages'])} "
-            "stages; on the plateau after the first, median of the largest σ₂/σ₁ "
-            "over the layers: " + ("n/a" if r is None else f"{r:.2e}")
-        )
         return notes
 
     def table(self) -> str:
         """The stage table, then the slowdown per plateau (with the first-plateau
-        alignment and layer-wise findings as notes), the alignment fit on every
-        plateau and the tanh net's escape times."""
+        alignment as a note), the alignment fit on every plateau, the tanh net's
+        escape times and the layer-wise net's rank-k approach per plateau and its
+        fit against α."""
         return "\n\n".join(
             (
                 render_table(self.rows, self.columns()),
@@ -269,7 +257,7 @@ class SaddleToSaddleResult(ExperimentResult):
 
     def figure_data(self):
         """The curves, with every matrix-valued curve also split by column
-        (`NAME/j`, j from 1)."""
+        (`NAME/j`, j from 1), and the layer-wise panels' arrays."""
         data = dict(self.curves)
         for name, value in self.curves.items():
             value = np.asarray(value)
@@ -277,6 +265,8 @@ class SaddleToSaddleResult(ExperimentResult):
                 data.update(
                     {f"{name}/{j + 1}": value[:, j] for j in range(value.shape[1])}
                 )
+        if "layerwise" in self.fits:  # results saved before it lack it
+            data.update(layerwise_figure_data(self.curves, self.fits["layerwise"]))
         return data
 
     def panels(self):
@@ -295,7 +285,14 @@ class SaddleToSaddleResult(ExperimentResult):
                 ylabel="median ‖(I−P₁)wᵢ‖/‖P₁wᵢ‖",
                 yscale="log",
             ),
-            self._layerwise_panel(),
+            *(
+                (
+                    approach_panel(self.fits["layerwise"]),
+                    scaling_panel(self.fits["layerwise"]),
+                )
+                if "layerwise" in self.fits
+                else ()
+            ),
         )
 
     def _staircase_panel(self, small):
@@ -345,23 +342,4 @@ class SaddleToSaddleResult(ExperimentResult):
             draw=lambda ax, data: ax.set_ylim(1e-12, None),
             legend_size=7.0,
             legend_columns=2,
-        )
-
-    def _layerwise_panel(self):
-        layers = np.shape(self.curves["layerwise/sigma2_over_sigma1"])[1]
-        ratios = tuple(
-            Series(
-                f"layerwise/sigma2_over_sigma1/{j + 1}",
-                "layerwise/ts",
-                "--",
-                f"σ₂/σ₁ of W{j + 1}",
-            )
-            for j in range(layers)
-        )
-        return Panel(
-            title="layer-wise GD, 3-layer linear net",
-            series=(Series("layerwise/loss", "layerwise/ts", "k", "loss"), *ratios),
-            xlabel="time",
-            ylabel="loss; σ₂/σ₁ of each layer",
-            yscale="log",
         )
