@@ -1,10 +1,13 @@
 r"""The plateau-skipping trainer's jumps: the probe that reads a saddle's
 coefficient matrix C, the three jump rules (a fixed size along C's top singular
-pair, its line-searched size, the whitened rank-one minimiser) and the landing
-through the model's `add_unit` hook (docs: theory/saddle-to-saddle)."""
+pair, its line-searched size, the whitened rank-one minimiser), the landing
+through the model's `add_unit` hook, and the Newton–CG stage that converges a
+landing onto the next saddle where a jump cannot land on it (tanh nets; docs:
+theory/saddle-to-saddle)."""
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -168,3 +171,96 @@ def jump_piece(rule, loss, model, coefficient, slope, jump, log):
         log.products(1)
         return left, right, best if np.isfinite(best) and best > 0 else jump
     return left, right, jump
+
+
+def truncated_cg(apply, rhs, rtol, max_steps):
+    r"""Steihaug's truncated conjugate gradients for H[z] = b, H symmetric but
+    possibly indefinite (given as products), from z = 0: it stops at
+    ‖r‖ ≤ rtol·‖b‖, after `max_steps` products, or at the first direction p
+    with pᵀHp ≤ 0, returning the iterate so far (b itself if that is the
+    first). Every iterate z has bᵀz > 0, so −z is a descent direction for a
+    gradient b.
+
+    **Returns:** (z, the number of products).
+    """
+    floor = rtol**2 * jnp.vdot(rhs, rhs)
+
+    def more(state):
+        return (state[3] > floor) & (state[4] < max_steps) & ~state[5]
+
+    def step(state):
+        z, r, p, rr, k, _ = state
+        hp = apply(p)
+        curvature = jnp.vdot(p, hp)
+        negative = curvature <= 0
+        a = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, curvature))
+        r = r - a * hp
+        new = jnp.where(negative, rr, jnp.vdot(r, r))
+        z = jnp.where(negative & (k == 0), rhs, z + a * p)
+        return z, r, r + (new / rr) * p, new, k + 1, negative
+
+    start = (jnp.zeros_like(rhs), rhs, rhs, jnp.vdot(rhs, rhs), 0, False)
+    z, *_, products, _ = jax.lax.while_loop(more, step, start)
+    return z, products
+
+
+@eqx.filter_jit
+def newton_stage(loss, model, grad_tol, loss_tol, max_iters):
+    r"""A loss-decrease stage by truncated Newton–CG: from `model`, repeat
+    θ ← θ − t·z with z ≈ H⁻¹∇L (`truncated_cg` on Hessian-vector products, to a
+    relative residual min(½, √‖∇L‖), the Eisenstat–Walker forcing that gives
+    superlinear convergence) and t = 2^{−j} the first halving with
+    L(θ − t z) ≤ L − 10⁻⁴·t·∇Lᵀz (Armijo), until ‖∇L‖ < `grad_tol` or
+    L < `loss_tol`. Monotone in L, so from a landing below the previous saddle
+    it cannot climb back to it. Unused units of a `TwoLayer` or `DeepLinear`
+    stay exactly zero: their gradient and their Hessian block with the used
+    units vanish, so no Krylov vector touches them.
+
+    **Returns:** (model, L, ‖∇L‖, counts) with counts = (iterations, gradients
+    (one at the start and one per iteration), Hessian-vector products, lone
+    loss evaluations of the line search, converged).
+    """
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def objective(x):
+        return loss(eqx.combine(unravel(x), static))
+
+    gradient = jax.grad(objective)
+    value, grad = jax.value_and_grad(objective)(flat)
+
+    def more(state):
+        _, value, grad, it, *_ = state
+        return (
+            (jnp.linalg.norm(grad) >= grad_tol) & (value >= loss_tol) & (it < max_iters)
+        )
+
+    def step(state):
+        x, value, grad, it, grads, hvps, losses = state
+        norm = jnp.linalg.norm(grad)
+        z, products = truncated_cg(
+            lambda d: jax.jvp(gradient, (x,), (d,))[1],
+            grad,
+            jnp.minimum(0.5, jnp.sqrt(norm)),
+            x.size,
+        )
+        drop = 1e-4 * jnp.vdot(grad, z)
+
+        def shorter(search):
+            t, _, tried = search
+            return t * 0.5, objective(x - 0.5 * t * z), tried + 1
+
+        def rejected(search):
+            t, trial, tried = search
+            return (trial > value - t * drop) & (tried < 60)
+
+        t, _, tried = jax.lax.while_loop(rejected, shorter, (1.0, objective(x - z), 1))
+        x = x - t * z
+        value, grad = jax.value_and_grad(objective)(x)
+        return x, value, grad, it + 1, grads + 1, hvps + products, losses + tried
+
+    start = (flat, value, grad, 0, 1, 0, 0)  # the stage's first gradient
+    x, value, grad, it, grads, hvps, losses = jax.lax.while_loop(more, step, start)
+    done = (jnp.linalg.norm(grad) < grad_tol) | (value < loss_tol)
+    model = eqx.combine(unravel(x), static)
+    return model, value, jnp.linalg.norm(grad), (it, grads, hvps, losses, done)

@@ -10,7 +10,14 @@ from .._checks import positive_int, positive_scalar
 from ._common import check_loss, split_model, stacked_model
 from ._descent import gradient_descent
 from ._results import RESULTS
-from ._saddle_jump import jump_piece, land, saddle_probe, units_of, zero_model
+from ._saddle_jump import (
+    jump_piece,
+    land,
+    newton_stage,
+    saddle_probe,
+    units_of,
+    zero_model,
+)
 from ._stopping import AbstractStopCondition
 from ._trajectory import Trajectory
 
@@ -39,6 +46,7 @@ def saddle_skip(
     max_rounds: int | None = None,
     line_search: bool = False,
     whiten: bool = False,
+    newton: bool = False,
 ) -> Trajectory:
     r"""Train by skipping the plateaus of small-init gradient descent.
 
@@ -81,7 +89,12 @@ def saddle_skip(
        (or L < `loss_tol`) it is the next saddle θ_r; otherwise run
        `gradient_descent` at rate `lr` until it is: the loss-decrease stage.
        Unused units stay exactly zero (their gradient is exactly zero since
-       σ(0) = 0), so θ_r is a saddle of the full network.
+       σ(0) = 0), so θ_r is a saddle of the full network. With `newton=True`
+       the stage is truncated Newton–CG with an Armijo backtracking line search
+       instead (`newton_stage`): for a tanh net the whitened jump lands near,
+       not on, the next saddle, and a GD stage converges onto it only at the
+       rate of the smallest curvature in the used units (docs:
+       theory/saddle-to-saddle, tanh networks).
 
     **Greedy low-rank learning (GLRL, Li, Luo & Lyu 2021) is the special case**
     of a matrix-factorisation loss L(W) = ½‖W − W*‖²_F/d (inputs X = I) on a
@@ -112,23 +125,27 @@ def saddle_skip(
       then used only where ε* is not positive and finite).
     - `whiten`: jump by the whitened rank-one minimiser (above); `jump` then
       sets only the stopping test of step 2.
+    - `newton`: run each stage by Newton–CG (above); `stage_steps` then bounds
+      its Newton steps, and `lr` and `save_every` are unused.
     - `max_rounds`: the most rounds (default: the number of units, for depth
       N the smallest hidden width).
 
     **Returns:** a `Trajectory` whose clock `ts` counts **gradient
     evaluations**, not time: each GD step is one, each probe (L, C, ‖∇θL‖ at a
-    saddle or landing) is one, and each Hessian-vector product counts as two.
+    saddle or landing) is one, each Newton step one (its gradient, plus one at a
+    stage's start), and each Hessian-vector product counts as two.
     Saves are the origin, each landing and the GD saves of each stage. `stats`
     holds `num_grad_evals` (the total), `num_hvps` (the products within it),
-    `num_loss_evals` (L evaluated alone, by the GD stages; the forward pass runs
+    `num_loss_evals` (L evaluated alone, by the GD stages or the Newton line
+    searches; the forward pass runs
     `num_grad_evals − num_hvps + num_loss_evals` times in all),
-    `num_steps` (GD steps), `num_rounds` (jumps made) and, per saddle visited
-    (origin first), `saddle_loss`, `saddle_rank` (the number of units in use,
+    `num_steps` (GD or Newton steps), `num_rounds` (jumps made) and, per saddle
+    visited (origin first), `saddle_loss`, `saddle_rank` (the number of units in use,
     which is the rank of the end-to-end map), `saddle_eigenvalue` λ = σ₁(C),
     `saddle_coefficient` (C itself),
     `saddle_index` (the save holding that saddle: `traj[i]`),
-    `saddle_grad_evals` (the clock there) and `stage_steps` (GD steps of each
-    stage). `result` is `successful`, `max_steps_reached` (a stage did not
+    `saddle_grad_evals` (the clock there) and `stage_steps` (GD or Newton steps
+    of each stage). `result` is `successful`, `max_steps_reached` (a stage did not
     converge) or `diverged`.
     """
     loss = check_loss(loss)
@@ -173,6 +190,13 @@ def saddle_skip(
         log.jump(current, probe[0])
         if probe[2] < gtol or probe[0] < ltol:
             log.stage_steps.append(0)  # landed on the next saddle: no GD needed
+            continue
+        if newton:
+            current, done = log.newton(newton_stage, loss, current, stop, stage_steps)
+            if not done:
+                result = RESULTS.max_steps_reached
+                break
+            probe = log.probe(current, loss, slope, shape)
             continue
         stage = gradient_descent(
             loss,
@@ -242,6 +266,22 @@ class _Log:
 
     def jump(self, model, value):
         self.single(self.evals, split_model(model)[0], value)
+
+    def newton(self, stage, loss, model, stop, iterations):
+        """Run a Newton–CG stage (`newton_stage`), record its end and counts:
+        (the model there, whether it converged)."""
+        model, value, _, counts = stage(
+            loss, model, stop.grad_tol, stop.loss_tol, iterations
+        )
+        steps, grads, hvps, losses, done = (int(c) for c in counts)
+        self.evals += grads
+        self.products(hvps)
+        self.loss_evals += losses
+        self.steps += steps
+        self.stage_steps.append(steps)
+        self.final_loss = float(value)
+        self.single(self.evals, split_model(model)[0], self.final_loss)
+        return model, bool(done)
 
     def stage(self, traj: Trajectory):
         taken = int(traj.stats["num_grad_evals"])

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .. import dynamics, models, problems
 from .._draw import normal
 from .._precision import attainable, params_dtype
+from . import _saddle_skip_tanh as tanh
 from ._figure import Line, Panel, Series
 from ._result import ExperimentResult
 from ._saddle_skip_aniso import anisotropic
@@ -88,9 +89,10 @@ SETTINGS = (
     ),
     Setting("aniso_steps", 20_000, "part 2: most GD steps per run / per stage", "int"),
     Setting("aniso_save_every", 10, "part 2: GD saves every this many steps", "int"),
+    *tanh.SETTINGS,
 )
 
-QUICK = dict(scales=(1e-2, 1e-5, 1e-8, 1e-12), max_steps=4000)
+QUICK = dict(scales=(1e-2, 1e-5, 1e-8, 1e-12), max_steps=4000, tanh_stage_cap=2000)
 
 
 def teacher_problem(key, *, n, d, out_dim, singular, decay):
@@ -157,7 +159,8 @@ class SaddleSkipResult(ExperimentResult):
             _plateau_columns(self.settings["aniso_scales"]),
             title="part 2, per plateau: why a jump along C's top pair does not pay",
         )
-        return "\n\n".join((super().table(), part2, plateaus))
+        part3 = tanh.tables(self.fits["tanh"], self.settings["aniso_scales"])
+        return "\n\n".join((super().table(), part2, plateaus, *part3))
 
     def figure_data(self):
         """The curves, with ln(1/α) and the fitted line of GD evals on it."""
@@ -270,6 +273,7 @@ def run(settings: Config, *, seed: int, progress: bool = True) -> SaddleSkipResu
     curves.update(_skip_curves(s, gd_evals, skips))
     fits = _fits(s, gd_evals, skips["skip"])
     fits["anisotropic"] = anisotropic(s, seed, teacher_problem, _timed)
+    fits["tanh"] = tanh.tanh_part(s, seed, _timed)
     return SaddleSkipResult(settings=s, rows=rows, fits=fits, curves=curves)
 
 
