@@ -8,7 +8,7 @@ import numpy as np
 from .._checks import positive_int, positive_scalar
 from .._precision import warn_if_unresolved
 from ..dynamics._common import split_model
-from ._flat import as_vector, flat_rates, flatten, flatten_saves
+from ._flat import as_vector, flat_rates, flatten, flatten_saves, law_at_saves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +107,8 @@ def relative_drift(q, trajectory) -> float:
     """max over finite saves of ‖Q(θ(t)) − Q(θ(0))‖_∞ / ‖Q(θ(0))‖_∞ (with a
     `PrecisionWarning` when, in float32, that is within 10 ulps of 1)."""
     finite = np.flatnonzero(np.isfinite(np.asarray(trajectory.loss)))
-    saves, static = eqx.partition(trajectory[finite], eqx.is_array)
-    values = jax.vmap(lambda s: as_vector(q, eqx.combine(s, static)))(saves)
-    scale = jnp.maximum(jnp.max(jnp.abs(values[0])), jnp.finfo(values.dtype).tiny)
-    drift = float(jnp.max(jnp.abs(values - values[0])) / scale)
+    values = np.asarray(law_at_saves(q, trajectory.models))[finite]
+    scale = max(np.max(np.abs(values[0])), np.finfo(values.dtype).tiny)
+    drift = float(np.max(np.abs(values - values[0])) / scale)
     warn_if_unresolved("the relative drift of an invariant", drift, 1.0, values.dtype)
     return drift

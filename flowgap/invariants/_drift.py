@@ -87,11 +87,34 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None, trainable=None) -> DriftRep
     """
     lr = float(positive_scalar("lr", lr))
     last = _every_step(trajectory, lr)
-    thetas, rebuild = flatten_saves(trajectory, trainable)
+    values, taylor, leading = _drift_terms(
+        q, loss, trajectory.models, rates, lr, trainable, last
+    )
+    values, taylor, leading = (np.asarray(x) for x in (values, taylor, leading))
+    warn_if_unresolved(
+        "the GD drift of an invariant",
+        np.max(np.abs(values - values[0])),
+        np.max(np.abs(values[0])),
+        values.dtype,
+    )
+    zero = np.zeros_like(values[:1])
+    return DriftReport(
+        ts=np.asarray(trajectory.ts[:last]),
+        measured=values - values[0],
+        taylor=np.concatenate([zero, np.cumsum(taylor, axis=0)]),
+        leading=np.concatenate([zero, np.cumsum(leading, axis=0)]),
+    )
+
+
+@eqx.filter_jit
+def _drift_terms(q, loss, models, rates, lr, trainable, last: int):
+    """(Q(θ_k), the exact one-step Taylor terms, the leading-order terms) over the
+    first `last` saves, as one compiled program: done op by op, the flattening,
+    differences and sums each compiled a program of their own."""
+    thetas, rebuild = flatten_saves(models, trainable)
     thetas = thetas[:last]
     qv = lambda t: as_vector(q, rebuild(t))  # noqa: E731
-    p = flat_rates(rates, trajectory[0], trainable)
-    steps = thetas[1:] - thetas[:-1]
+    p = flat_rates(rates, rebuild(thetas[0]), trainable)
 
     def one(theta, delta):
         grad_q = jax.jacrev(qv)(theta)
@@ -100,21 +123,8 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None, trainable=None) -> DriftRep
         leading = 0.5 * _second_derivative(qv, theta, lr * g)
         return taylor, leading
 
-    taylor, leading = jax.jit(jax.vmap(one))(thetas[:-1], steps)
-    values = jax.vmap(qv)(thetas)
-    warn_if_unresolved(
-        "the GD drift of an invariant",
-        jnp.max(jnp.abs(values - values[0])),
-        jnp.max(jnp.abs(values[0])),
-        values.dtype,
-    )
-    zero = jnp.zeros_like(values[:1])
-    return DriftReport(
-        ts=np.asarray(trajectory.ts[:last]),
-        measured=np.asarray(values - values[0]),
-        taylor=np.asarray(jnp.concatenate([zero, jnp.cumsum(taylor, axis=0)])),
-        leading=np.asarray(jnp.concatenate([zero, jnp.cumsum(leading, axis=0)])),
-    )
+    taylor, leading = jax.vmap(one)(thetas[:-1], thetas[1:] - thetas[:-1])
+    return jax.vmap(qv)(thetas), taylor, leading
 
 
 def symmetry_step_identity(symmetry, loss, trajectory, *, lr, weight_decay=0.0) -> dict:

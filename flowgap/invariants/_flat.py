@@ -20,13 +20,16 @@ def flatten(model, trainable=None):
     return flat, lambda theta: eqx.combine(unravel(theta), static)
 
 
-def flatten_saves(trajectory, trainable=None):
-    """(θ of shape (saves, D), rebuild): `flatten` at every save of `trajectory`,
-    with `rebuild` from the first save."""
-    _, rebuild = flatten(trajectory[0], trainable)
-    saves, static = eqx.partition(trajectory.models, eqx.is_array)
+def flatten_saves(saves, trainable=None):
+    """(θ of shape (saves, D), rebuild): `flatten` at every save of `saves` (a
+    trajectory, or its `models`: array leaves with a leading save axis), with
+    `rebuild` from the first save."""
+    models = getattr(saves, "models", saves)
+    arrays, static = eqx.partition(models, eqx.is_array)
+    first = eqx.combine(jax.tree.map(lambda x: x[0], arrays), static)
+    _, rebuild = flatten(first, trainable)
     # vmap over the array leaves only: non-array leaves have no time axis
-    thetas = jax.vmap(lambda s: flatten(eqx.combine(s, static), trainable)[0])(saves)
+    thetas = jax.vmap(lambda s: flatten(eqx.combine(s, static), trainable)[0])(arrays)
     return thetas, rebuild
 
 
@@ -50,3 +53,12 @@ def flat_rates(rates, model, trainable=None):
 def as_vector(q, model) -> jax.Array:
     """Q(model) as a 1-D array (pytrees of arrays are raveled)."""
     return ravel_pytree(q(model))[0]
+
+
+@eqx.filter_jit
+def law_at_saves(q, models) -> jax.Array:
+    """Q at every save, raveled: shape (saves, components), from `models` (array
+    leaves with a leading save axis), as one compiled program (evaluated save by
+    save, each save's slice and Q's ops compiled programs of their own)."""
+    arrays, static = eqx.partition(models, eqx.is_array)
+    return jax.vmap(lambda s: as_vector(q, eqx.combine(s, static)))(arrays)

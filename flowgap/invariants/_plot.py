@@ -1,6 +1,7 @@
 import numpy as np
 
 from ._drift import gd_drift
+from ._flat import law_at_saves
 
 
 def drift_curves(q, loss, trajectory, *, lr, rates=None, trainable=None):
@@ -14,7 +15,7 @@ def drift_curves(q, loss, trajectory, *, lr, rates=None, trainable=None):
 def flow_drift(q, trajectory):
     """(ts, ‖Q(θ(t)) − Q(θ(0))‖_∞) along a flow's finite saves."""
     finite = np.flatnonzero(np.isfinite(np.asarray(trajectory.loss)))
-    values = np.stack([np.ravel(np.asarray(q(trajectory[i]))) for i in finite])
+    values = np.asarray(law_at_saves(q, trajectory.models))[finite]
     return np.asarray(trajectory.ts)[finite], np.max(
         np.abs(values - values[0]), axis=-1
     )
