@@ -32,13 +32,18 @@ demo: $(VENV)/.installed
 
 # The docs must build without a warning before the tests run. The tests run on
 # every core (pytest-xdist); `make test ARGS="-n 0"` runs them in one process.
+# A test file stays on one worker (--dist loadfile): the study tests share one
+# run of their job through a module fixture, which would otherwise be computed
+# once on every worker that receives one of its tests.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: $(VENV)/.installed-test
 	$(MKDOCS) build --strict --quiet
-	$(BIN)/python -m pytest -q -n auto $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(MKDOCS) build --strict --quiet
-	$(BIN)/python -m pytest -q -n auto -m '' $(ARGS)
+	$(PYTEST) -m '' $(ARGS)
 
 # The documentation site, built into site/ (mkdocs.yml, pages under docs/).
 docs: $(VENV)/.installed-docs
