@@ -8,7 +8,10 @@ and 3, from u = v = α·1, for init scales α over several decades and rate rati
 Tsit5 on the weights' logarithms, where the polar flow is not stiff:
 `_wn_robust_bias_log`; Kvaerno5 where Tsit5 runs out of steps) and by gradient
 descent (plain GD; for the polar nets the projected "rPGD" and the
-Salimans–Kingma variant). It reports the recovery error ‖β_∞ − β*‖, the time /
+Salimans–Kingma variant) at the local step η = `step`·2/λ_max(P^½∇²L P^½)
+(rates P: 1 on the radius, ρ on the direction), re-estimated by Lanczos every
+`segment` steps, within a budget of `steps` accepted steps
+(`_wn_robust_bias_steps`). It reports the recovery error ‖β_∞ − β*‖, the time /
 steps to converge, and the
 theory (docs: theory/implicit-bias): the Woodworth Q_α minimiser for the plain
 depth-2 net, and for the polar flow the plain limit from the effective scale
@@ -36,6 +39,7 @@ from ._wn_robust_bias_train import (
     attainable,
     check_settings,
     grid_run,
+    polar_steps,
     theory,
 )
 from ._wn_robust_bias_train import learning_rate as learning_rate
@@ -78,10 +82,17 @@ SETTINGS = (
     Setting(
         "step",
         0.5,
-        "GD step, as a fraction of the plain net's stability bound",
+        "GD step, as a fraction of the local stability bound 2/λ_max(P^½∇²L P^½)",
         positive=True,
     ),
-    Setting("steps", 20000, "GD step budget", "int", minimum=1),
+    Setting(
+        "segment",
+        50,
+        "GD steps between re-estimates of the local step (Lanczos)",
+        "int",
+        minimum=1,
+    ),
+    Setting("steps", 100000, "GD budget: accepted steps per point", "int", minimum=1),
     # In log coordinates a plateau costs the explicit solver few steps, so the
     # horizon can hold the depth-3 saddles' escapes (measured up to t ≈ 1.6e5).
     Setting("t1", 1e9, "gradient-flow horizon (it stops at L < tol)", positive=True),
@@ -115,7 +126,6 @@ QUICK = dict(
     scales=(1e-3, 1e-1, 1.0),
     ratios=(1.0, 10.0),
     families="plain,polar",
-    steps=3000,
 )
 
 
@@ -169,6 +179,9 @@ def _problem(key, s):
 #: The grids each (family, depth, method) keeps in `curves`, by their names there.
 _CURVES = dict(
     recovery_error="recovery_error",
+    lr_min="lr_min",
+    lr_max="lr_max",
+    steps_needed="steps_needed",
     time="time",
     steps="steps",
     status="status",
@@ -191,9 +204,15 @@ def run(settings, *, seed: int, progress: bool = True) -> WNRobustBiasResult:
     jobs = [(f, L, m) for L in depths for f in families for m in METHODS[f]]
     rows, curves = [], {}
     bar = tqdm(jobs, desc=NAME, disable=not progress, leave=False)
+    steps = {}  # rPGD and SK of one (family, depth): one program, run once
     for family, depth, method in bar:
         bar.set_postfix_str(f"{family} L={depth} {method}")
-        values = grid_run(problem, family, method, depth, s)
+        if method in ("rpgd", "sk"):
+            if (family, depth) not in steps:
+                steps[family, depth] = polar_steps(problem, family, depth, s)
+            values = steps[family, depth][method]
+        else:
+            values = grid_run(problem, family, method, depth, s)
         limits = theory(problem, family, depth, method, values, s)
         rows += rows_for(family, depth, method, values, s, limits)
         tag = f"{family}/L{depth}/{method}"

@@ -10,7 +10,12 @@ import numpy as np
 from ._figure import Panel, Series
 from ._result import ExperimentResult
 from ._table import Column, render_table
-from ._wn_robust_bias_rows import alpha_label, precision_notes, table_rows
+from ._wn_robust_bias_rows import (
+    alpha_label,
+    discrete_notes,
+    precision_notes,
+    table_rows,
+)
 from ._wn_robust_bias_train import METHOD_NAMES, check_settings
 
 COLOURS = {"plain": "tab:blue", "polar": "tab:orange", "polar-split": "tab:green"}
@@ -47,6 +52,7 @@ class WNRobustBiasResult(ExperimentResult):
 
     def notes(self) -> Sequence[str]:
         notes = [f"{k}: {v}" for k, v in self.fits["findings"].items()]
+        notes += discrete_notes(self.rows, self.settings)
         return notes + precision_notes(self.rows, self.fits, self.curves)
 
     def table(self) -> str:
@@ -110,7 +116,8 @@ class WNRobustBiasResult(ExperimentResult):
         return (
             *flows,
             Panel(
-                f"L={first}, ρ={ratio}: do GD steps ({s['step']:g}× bound) keep it?",
+                f"L={first}, ρ={ratio}: do GD steps ({s['step']:g}× local bound) "
+                "keep it?",
                 [_error_series(*run, ratio) for run in discrete],
                 **_error_axes(discrete),
             ),

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import dynamics
-from ._wn_robust_bias_train import METHOD_NAMES, ULPS
+from ._wn_robust_bias_train import DISCRETE_ONLY, METHOD_NAMES, ULPS
 
 
 def _status_name(code: int, efolding_time: float, horizon: float) -> str:
@@ -14,7 +14,8 @@ def _status_name(code: int, efolding_time: float, horizon: float) -> str:
     where the flow's e-folding time L/‖∇L‖²_P exceeds the horizon `t1`: stalled
     near a stationary point with L > tol), else the run's own status."""
     name = dynamics.status_name(code)
-    if name != "event_occurred" and efolding_time > horizon:
+    stopped = name in ("event_occurred", "diverged")  # not by its budget
+    if not stopped and efolding_time > horizon:
         return "saddle"
     if name == "event_occurred":
         return "converged"
@@ -74,9 +75,77 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
                     alpha_eff=_floats(values["alpha_eff"][i, j], family),
                     theory_error=_float(theory["error"][i, j]),
                     limit_gap=_float(theory["gap"][i, j]),
+                    **_discrete(values, i, j, method, s),
                 )
             )
+    return _with_reasons(rows)
+
+
+def _discrete(values, i, j, method, s) -> dict:
+    """A discrete row's step record (`local_descent`): the steps taken
+    (`lr_min`, `lr_max`), the segments undone, the final per-step contraction q,
+    the steps it needs to L < tol at q, and its budget; None for a flow."""
+    if method == "gf":
+        return dict.fromkeys(DISCRETE_ONLY + ("budget",))
+    out = {k: _float(values[k][i, j]) for k in DISCRETE_ONLY}
+    out["undone"] = int(out["undone"])
+    return dict(out, budget=int(s["steps"]))
+
+
+def _with_reasons(rows) -> list[dict]:
+    for row in rows:
+        row["reason"] = reason(row)
     return rows
+
+
+def _g(x, spec: str = ".3g") -> str:
+    """A number of a row as text; a non-finite one is None there: "∞"."""
+    return "∞" if x is None else format(x, spec)
+
+
+def reason(row) -> str:
+    """Why a row stopped, in words."""
+    status = row["status"]
+    if status == "converged":
+        return f"L < tol in {row['steps']} steps"
+    if status == "saddle":
+        return (
+            f"stalled at L = {row['final_loss']:.2g}: L/‖∇L‖²_P = "
+            f"{_g(row['efolding_time'])} beyond the run's horizon"
+        )
+    if status == "max_steps" and row.get("budget") is not None:
+        return (
+            f"budget of {row['budget']} steps used at L = {row['final_loss']:.2g}; "
+            f"at its final rate q = {_g(row['rate'], '.6f')} per step it needs "
+            f"~{_g(row['steps_needed'])} steps"
+        )
+    if status == "diverged":
+        return "diverged even at 2⁻⁴⁰ of the local step"
+    return f"{status} at L = {row['final_loss']:.2g}"
+
+
+def discrete_notes(rows, settings) -> list[str]:
+    """The discrete runs' step rule and budget, how many converged, and each
+    other one with its reason."""
+    runs = [r for r in rows if r["method"] != "gf"]
+    if not runs:
+        return []
+    s = settings
+    done = sum(r["status"] == "converged" for r in runs)
+    out = [
+        f"GD/rPGD/SK step: η = {s['step']:g}·2/λ_max(P^½∇²L P^½) (P: 1 on r, ρ on θ),"
+        f" re-estimated every {s['segment']} steps by Lanczos; budget "
+        f"{s['steps']} steps per point: {done} of {len(runs)} discrete points "
+        f"converged to L < {s['tol']:g}"
+    ]
+    for r in runs:
+        if r["status"] != "converged":
+            ratio = "" if r["ratio"] is None else f" ρ={r['ratio']:g}"
+            out.append(
+                f"not converged: {r['model']} L={r['depth']} "
+                f"{METHOD_NAMES[r['method']]} α={r['scale']:g}{ratio}: {r['reason']}"
+            )
+    return out
 
 
 def limit_gaps(rows) -> dict:

@@ -13,6 +13,7 @@ from .._checks import is_concrete
 from .._precision import TOLERANCE_ULPS, attainable_tolerances
 from ._settings import SettingError
 from ._wn_robust_bias_log import LogCoordinateField, LogCoordinates
+from ._wn_robust_bias_steps import DISCRETE_ONLY, local_descent, projection, run_of
 
 FAMILIES = ("plain", "polar", "polar-split")
 METHODS = {"plain": ("gf", "gd"), "polar": ("gf", "rpgd", "sk")}
@@ -80,23 +81,23 @@ def attainable(settings, problem) -> tuple[dict, dict]:
 
 
 def learning_rate(problem, depth: int, scale, step):
-    r"""The GD step used at init scale α: `step` times the plain net's stability
-    bound 2/λ_max at the scale it trains at, in closed form (traceable in α).
+    r"""The plain net's local step (`_wn_robust_bias_steps`) in closed form at a
+    balanced interpolating point u = v = m·1: `step` times the stability bound
+    2/λ_max there (traceable in α). The runs re-estimate the step by Lanczos at
+    their own iterates; this is the value it takes where the weights are m·1
+    and the residual vanishes (the step the rule used before it was local).
 
     At u = v = m·1 the Gauss–Newton Hessian of the depth-L net is
     L²m^{2L−2}[X, −X]ᵀ[X, −X]/n, whose top eigenvalue is 2L²m^{2L−2}λ_max(XᵀX/n),
     so the step is step/(L²m^{2L−2}λ_max(XᵀX/n)).
     m = max(α, ‖β₂‖_∞^{1/L}) with β₂ = X⁺y the minimum-ℓ₂ interpolator (the
-    weights' scale at the solution when α is small; no use of β*). The polar
-    variants take the same η on the radius and ρη on the direction: the step one
-    would use for the plain net.
+    weights' scale at the solution when α is small; no use of β*).
 
     Relation to `flowgap.dynamics.stable_learning_rate` (Lanczos on the full
     Hessian): the Gauss–Newton Hessian does not depend on y and is the full
     Hessian wherever the residual vanishes, so this equals
     `stable_learning_rate(loss₀, DiagonalNet(d, depth=L, scale=m), fraction=step)`
-    with loss₀ the loss of targets Xβ(m·1) = 0 (tested). The closed form keeps
-    the step a cheap traced function of α inside the vmapped GD sweeps.
+    with loss₀ the loss of targets Xβ(m·1) = 0 (tested).
     """
     x, y = problem.inputs, problem.targets
     gram = x @ x.T / problem.n
@@ -124,24 +125,33 @@ def _radii(model, family: str):
     return jnp.broadcast_to(model.radius, (2,)), jnp.broadcast_to(norm, (2,))
 
 
-def _outputs(traj, final, problem, model0, scale, ratio, family):
-    """The scalars and vectors one run reports (see `train`); `final` is the
-    model at the stop."""
+def _outputs(run, final, problem, model0, scale, ratio, family):
+    """The scalars and vectors one run reports (see `train`); `run` holds the
+    run's `final_loss`, `time`, `steps`, `status` (a `RESULTS` code),
+    `successful` and `converged`; `final` is the model at the stop."""
     radius, direction_norm = _radii(final, family)
     r0, _ = _radii(model0, family)
     beta = final.end_to_end()
     return dict(
+        run,
         beta=beta,
         recovery_error=jnp.linalg.norm(beta - problem.truth),
+        radius=radius,
+        direction_norm=direction_norm,
+        alpha_eff=analysis.effective_scale(scale, r0, radius, ratio),
+    )
+
+
+def _flow_run(traj) -> dict:
+    nan = jnp.full((), jnp.nan, traj.final_loss.dtype)
+    return dict(
         final_loss=traj.final_loss,
         time=traj.stop_time,
         steps=traj.stats["num_steps"],
         status=dynamics.status_code(traj.result),
         successful=traj.successful,
         converged=traj.result == dynamics.RESULTS.event_occurred,
-        radius=radius,
-        direction_norm=direction_norm,
-        alpha_eff=analysis.effective_scale(scale, r0, radius, ratio),
+        **{k: nan for k in DISCRETE_ONLY},
     )
 
 
@@ -178,7 +188,18 @@ def _efolding_time(loss, model, rates):
     return value / sum(jax.tree.leaves(speed))
 
 
-def train(problem, scale, ratio, *, family, method, depth, settings, solver="tsit5"):
+def train(
+    problem,
+    scale,
+    ratio,
+    *,
+    family,
+    method,
+    depth,
+    settings,
+    solver="tsit5",
+    projected=None,
+):
     r"""One run: `family` ("plain", "polar", "polar-split") of `depth` from
     u = v = α·1, trained by `method` to L < `tol`.
 
@@ -188,9 +209,13 @@ def train(problem, scale, ratio, *, family, method, depth, settings, solver="tsi
       within `max_steps` steps and flow time `t1` (`solver="kvaerno5"`: by
       Kvaerno5 within `implicit_steps`, as `grid_run` does where Tsit5 fails);
     - "gd": plain GD; "rpgd": GD then renormalised direction; "sk": plain GD on
-      (r, θ) (Salimans–Kingma), all at η = `learning_rate(...)` (direction ρη).
+      (r, θ) (Salimans–Kingma), all with rates P (1 on r, ρ on θ) at the local
+      step η = `step`·2/λ_max(P^½∇²L P^½), re-estimated every `segment` steps,
+      within `steps` accepted steps (`_wn_robust_bias_steps.local_descent`).
 
     `scale` α and `ratio` ρ may be traced (ρ is unused by the plain net).
+    `projected` (a traced bool, for a polar net) selects rPGD where true and SK
+    where false in one program, whatever `method` ("rpgd" or "sk") says.
 
     **Returns:** a dict: `beta` β_∞, `recovery_error` ‖β_∞ − β*‖, `final_loss`,
     `time` (flow time, or k·η, at the stop), `steps` (solver / GD steps),
@@ -198,8 +223,11 @@ def train(problem, scale, ratio, *, family, method, depth, settings, solver="tsi
     `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`),
     `efolding_time` (L/‖∇_wL‖²_P at the stop: `_efolding_time`), `implicit`
     (the run is Kvaerno5's), `radius` and `direction_norm` (per block; NaN
-    for the plain net) and `alpha_eff` (docs: theory/implicit-bias, from the
-    final radius).
+    for the plain net), `alpha_eff` (docs: theory/implicit-bias, from the
+    final radius) and, for the discrete runs (NaN for a flow), `lr_min`,
+    `lr_max` (the smallest and largest step taken), `undone` (segments undone
+    by the safeguard), `rate` (final per-step loss contraction q) and
+    `steps_needed` (the steps to L < `tol` at that rate).
     """
     if solver not in ("tsit5", "kvaerno5"):
         raise ValueError(f"`solver` must be 'tsit5' or 'kvaerno5', got {solver!r}.")
@@ -211,26 +239,47 @@ def train(problem, scale, ratio, *, family, method, depth, settings, solver="tsi
         if solver == "kvaerno5":
             options.update(solver=_implicit(), max_steps=s["implicit_steps"])
         traj = dynamics.gradient_flow(problem.loss, LogCoordinates.of(model), **options)
-        final = traj.final.model()
+        final, run = traj.final.model(), _flow_run(traj)
     else:
-        traj = dynamics.gradient_descent(
+        final, report = local_descent(
             problem.loss,
             model,
-            lr=learning_rate(problem, depth, scale, s["step"]),
-            steps=s["steps"],
-            save_every=s["steps"],
             rates=rates,
-            projection=models.PolarDiagonalNet.normalised if method == "rpgd" else None,
-            stop_when=dynamics.LossBelow(s["tol"]),
+            projection=projection(method, projected),
+            s=s,
         )
-        final = traj.final
-    out = _outputs(traj, final, problem, model, scale, ratio, family)
+        run = run_of(report)
+    out = _outputs(run, final, problem, model, scale, ratio, family)
     out["implicit"] = jnp.asarray(method == "gf" and solver == "kvaerno5")
     ones = jax.tree.map(jnp.ones_like, final)
     out["efolding_time"] = _efolding_time(
         problem.loss, final, ones if rates is None else rates
     )
     return out
+
+
+def polar_steps(problem, family, depth, s) -> dict:
+    """rPGD and SK over the (α, ρ) grid in one program (one compilation: the
+    projection is chosen by a traced flag), as `grid_run` returns each:
+    method → arrays of shape (scales, ratios)."""
+    grid = np.meshgrid(s["scales"], s["ratios"], [True, False], indexing="ij")
+    scale, ratio, projected = (a.ravel() for a in grid)
+    values = _points(
+        problem,
+        scale,
+        ratio,
+        projected=projected,
+        family=family,
+        method="rpgd",
+        depth=depth,
+        settings=s,
+    )
+    shape = (len(s["scales"]), len(s["ratios"]), 2)
+    values = {k: v.reshape(shape + v.shape[1:]) for k, v in values.items()}
+    return {
+        m: {k: v[:, :, i] for k, v in values.items()}
+        for i, m in enumerate(("rpgd", "sk"))
+    }
 
 
 def grid_run(problem, family, method, depth, s) -> dict:
@@ -261,12 +310,15 @@ def grid_run(problem, family, method, depth, s) -> dict:
     return {k: v.reshape(shape + v.shape[1:]) for k, v in values.items()}
 
 
-def _points(problem, scales, ratios, **options) -> dict:
-    """`train` at the points (scales[i], ratios[i]), as one program."""
+def _points(problem, scales, ratios, projected=None, **options) -> dict:
+    """`train` at the points (scales[i], ratios[i]) (and `projected[i]`), as
+    one program."""
     grid = jnp.asarray(scales), jnp.asarray(ratios)
+    flags = None if projected is None else jnp.asarray(projected)
 
     def fn(point):
-        return train(problem, grid[0][point], grid[1][point], **options)
+        flag = None if flags is None else flags[point]
+        return train(problem, grid[0][point], grid[1][point], projected=flag, **options)
 
     values = sweeps.sweep(fn, dict(point=np.arange(len(scales))), progress=False)
     return {k: np.array(v) for k, v in values.values.items()}
