@@ -10,10 +10,11 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-# notebooks whose claims a default-suite test already asserts on the same run
-# (tests/test_central_flow_study.py, tests/test_sgd_vs_sde_study.py); they run
-# with `-m slow`
-_COVERED = {"central_flow", "sgd_vs_sde"}
+# notebooks whose claims a default-suite test already asserts on the same quick
+# run of their job (tests/test_central_flow_study.py, test_sgd_vs_sde_study.py,
+# test_wn_hessian.py, test_wn_robust_bias.py; invariants: test_cli.py's quick
+# job and test_invariants.py's toolkit calls); they run with `-m slow`
+_COVERED = {"central_flow", "sgd_vs_sde", "wn_hessian", "wn_robust_bias", "invariants"}
 _CASES = [
     pytest.param(p, marks=pytest.mark.slow) if p.stem in _COVERED else p
     for p in NOTEBOOKS
