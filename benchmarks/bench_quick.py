@@ -79,7 +79,7 @@ def machine_info() -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}; command: "
-        "`.venv/bin/python benchmarks/bench_quick.py --record`"
+        f"`.venv/bin/python benchmarks/bench_quick.py {' '.join(sys.argv[1:])}`"
     )
 
 
