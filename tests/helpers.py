@@ -45,3 +45,16 @@ def quadratic(dim: int, key, *, lo=0.5, hi=2.0):
         return 0.5 * theta @ a @ theta - b @ theta
 
     return a, b, loss
+
+
+def counting_loss(loss):
+    """(`loss` that records every execution of its forward pass, the record): a
+    gradient or a Hessian-vector product runs the forward pass once, so the
+    record is an evaluation counter independent of the trainer's own."""
+    calls = []
+
+    def counted(model):
+        jax.debug.callback(lambda: calls.append(1))
+        return loss(model)
+
+    return counted, calls

@@ -14,6 +14,8 @@ import pytest
 import flowgap
 from flowgap import dynamics, models, problems
 
+from .helpers import counting_loss
+
 D, K, N = 6, 4, 60
 DECAY = 2.6  # input covariance diag(j^(−2.6)): eigenvalues 1 … 0.0095, two decades
 SINGULAR = (4.0, 0.25)  # rank-2 teacher; the gap 16 keeps GD's plateau long
@@ -39,18 +41,6 @@ def _reduced_rank_losses(problem):
     lam, basis = np.linalg.eigh(x.T @ x / N)
     s = np.linalg.svd(truth @ basis @ np.diag(np.sqrt(lam)) @ basis.T, compute_uv=False)
     return [0.5 * float(np.sum(s[r:] ** 2)) for r in range(3)], float(lam[0])
-
-
-def _counting(loss):
-    """`loss` that records every execution of its forward pass (a gradient or a
-    Hessian-vector product runs it once), and the record."""
-    calls = []
-
-    def counted(model):
-        jax.debug.callback(lambda: calls.append(1))
-        return loss(model)
-
-    return counted, calls
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +78,7 @@ def test_ten_times_fewer_evaluations(runs):
 
 def test_counts_equal_an_independent_counter(runs):
     problem = runs["problem"]
-    counted, calls = _counting(problem.loss)
+    counted, calls = counting_loss(problem.loss)
     skip = dynamics.saddle_skip(
         counted, runs["template"], lr=LR, grad_tol=1e-9, whiten=True
     )
@@ -100,7 +90,7 @@ def test_counts_equal_an_independent_counter(runs):
     assert s["num_hvps"] > 0
     assert s["num_grad_evals"] == int(runs["skip"].stats["num_grad_evals"])
 
-    counted, calls = _counting(problem.loss)
+    counted, calls = counting_loss(problem.loss)
     gd = flowgap.gradient_descent(
         counted,
         runs["net"],

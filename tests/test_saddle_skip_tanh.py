@@ -15,6 +15,8 @@ import flowgap
 from flowgap import dynamics, models, problems
 from flowgap.dynamics._saddle_jump import truncated_cg
 
+from .helpers import counting_loss
+
 D, K, N = 6, 4, 60
 DECAY = 2.6  # input covariance diag(j^(−2.6)): eigenvalues 1 … 0.0095, two decades
 SIZES = (0.5, 0.1)  # tanh teacher's units √s·(u, v): the gap keeps GD's plateau long
@@ -35,18 +37,6 @@ def _tanh_teacher(key):
     return problems.RegressionProblem(x, y, None)
 
 
-def _counting(loss):
-    """`loss` that records every execution of its forward pass (a gradient or a
-    Hessian-vector product runs it once), and the record."""
-    calls = []
-
-    def counted(model):
-        jax.debug.callback(lambda: calls.append(1))
-        return loss(model)
-
-    return counted, calls
-
-
 def _finished(traj, calls):
     jax.block_until_ready(traj)
     jax.effects_barrier()
@@ -60,7 +50,7 @@ def runs():
         D, 2, K, activation="tanh", scale=1.0, key=jax.random.key(1)
     )
     net = models.TwoLayer(D, 2, K, activation="tanh", scale=1e-8, key=jax.random.key(1))
-    counted, calls = _counting(problem.loss)
+    counted, calls = counting_loss(problem.loss)
     skip = dynamics.saddle_skip(
         counted,
         template,
@@ -72,7 +62,7 @@ def runs():
         newton=True,
     )
     skip_calls = _finished(skip, calls)
-    counted, calls = _counting(problem.loss)
+    counted, calls = counting_loss(problem.loss)
     gd = flowgap.gradient_descent(
         counted,
         net,
