@@ -82,7 +82,11 @@ def render_figure(
         raise ValueError("`panels` must hold at least one panel")
     columns = min(columns or len(panels), len(panels))
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows))
+    # Constrained layout leaves room for the suptitle and colour bars, which
+    # tight_layout does not: with it the suptitle overlapped the top row's titles.
+    figure = Figure(
+        figsize=(panel_size[0] * columns, panel_size[1] * rows), layout="constrained"
+    )
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
     for ax, panel in zip(axes, panels):
         draw_panel(ax, panel, data)
@@ -90,7 +94,6 @@ def render_figure(
         ax.set_visible(False)
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
     return figure
 
 
