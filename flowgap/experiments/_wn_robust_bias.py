@@ -10,9 +10,9 @@ Tsit5 on the weights' logarithms, where the polar flow is not stiff:
 descent (plain GD; for the polar nets the projected "rPGD" and the
 Salimans–Kingma variant) at the local step η = `step`·2/λ_max(P^½∇²L P^½)
 (rates P: 1 on the radius, ρ on the direction), re-estimated by Lanczos every
-`segment` steps, within a budget of `steps` accepted steps
-(`_wn_robust_bias_steps`). It reports the recovery error ‖β_∞ − β*‖, the time /
-steps to converge, and the
+`segment` steps, within a budget of `steps` accepted steps, extended on a
+linear tail to what its rate needs, up to `steps_cap` (`_wn_robust_bias_steps`).
+It reports the recovery error ‖β_∞ − β*‖, the time / steps to converge, and the
 theory (docs: theory/implicit-bias): the Woodworth Q_α minimiser for the plain
 depth-2 net, and for the polar flow the plain limit from the effective scale
 α_eff = α(r_∞/r₀)exp(−(ρ/2)(r_∞² − r₀²)) computed from the measured final radius.
@@ -93,6 +93,14 @@ SETTINGS = (
         minimum=1,
     ),
     Setting("steps", 100000, "GD budget: accepted steps per point", "int", minimum=1),
+    Setting(
+        "steps_cap",
+        1000000,
+        "largest GD budget: a run that spends `steps` on a linear tail continues "
+        "to 1.25× the steps it needs at its rate, at most this",
+        "int",
+        minimum=1,
+    ),
     # In log coordinates a plateau costs the explicit solver few steps, so the
     # horizon can hold the depth-3 saddles' escapes (measured up to t ≈ 1.6e5).
     Setting("t1", 1e9, "gradient-flow horizon (it stops at L < tol)", positive=True),

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .. import dynamics
+from ._wn_robust_bias_steps import EXTEND
 from ._wn_robust_bias_train import DISCRETE_ONLY, METHOD_NAMES, ULPS
 
 
@@ -42,7 +43,7 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
     """One row per grid point of one (family, depth, method)."""
     rows = []
 
-    def lr_time(i, j):  # GD's clock: the budget spans steps·η of flow time
+    def lr_time(i, j):  # GD's clock: the budget spans budget·η of flow time
         return float(values["time"][i, j]) / max(int(values["steps"][i, j]), 1)
 
     ratios = s["ratios"] if family != "plain" else (None,)
@@ -62,7 +63,9 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
                     status=_status_name(
                         int(values["status"][i, j]),
                         float(values["efolding_time"][i, j]),
-                        s["t1"] if method == "gf" else s["steps"] * lr_time(i, j),
+                        s["t1"]
+                        if method == "gf"
+                        else float(values["budget"][i, j]) * lr_time(i, j),
                     ),
                     efolding_time=_float(values["efolding_time"][i, j]),
                     solver=(
@@ -86,10 +89,10 @@ def _discrete(values, i, j, method, s) -> dict:
     (`lr_min`, `lr_max`), the segments undone, the final per-step contraction q,
     the steps it needs to L < tol at q, and its budget; None for a flow."""
     if method == "gf":
-        return dict.fromkeys(DISCRETE_ONLY + ("budget",))
+        return dict.fromkeys(DISCRETE_ONLY)
     out = {k: _float(values[k][i, j]) for k in DISCRETE_ONLY}
-    out["undone"] = int(out["undone"])
-    return dict(out, budget=int(s["steps"]))
+    out["undone"], out["budget"] = int(out["undone"]), int(out["budget"])
+    return out
 
 
 def _with_reasons(rows) -> list[dict]:
@@ -135,7 +138,9 @@ def discrete_notes(rows, settings) -> list[str]:
     out = [
         f"GD/rPGD/SK step: η = {s['step']:g}·2/λ_max(P^½∇²L P^½) (P: 1 on r, ρ on θ),"
         f" re-estimated every {s['segment']} steps by Lanczos; budget "
-        f"{s['steps']} steps per point: {done} of {len(runs)} discrete points "
+        f"{s['steps']} steps per point, extended on a linear tail to "
+        f"{EXTEND:g}× the steps it needs, at most {s['steps_cap']}: "
+        f"{done} of {len(runs)} discrete points "
         f"converged to L < {s['tol']:g}"
     ]
     for r in runs:

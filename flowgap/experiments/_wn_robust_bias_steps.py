@@ -21,11 +21,15 @@ finite, is undone and redone at a quarter of the step; after an accepted
 segment the factor doubles back towards 1. A factor below `2⁻⁴⁰` ends the run
 as diverged.
 
-**The budget.** At most `steps` accepted steps (static: one compiled program
-over the grid); a run stops at L < `tol`. Each run also reports its final
-linear rate q (per-step loss contraction over its last accepted segment) and
-the steps it would need at that rate, k + ln(L/tol)/(−ln q): the stated reason
-of a run that used its budget.
+**The budget.** First `steps` accepted steps; a run stops at L < `tol`. Each
+run tracks its linear rate q (per-step loss contraction over its last accepted
+segment) and the steps it would need at that rate, k + ln(L/tol)/(−ln q). A
+run that spends its budget on such a linear tail gets a new one from that
+rate: `EXTEND`× the steps it needs, at most `steps_cap` (re-estimated each
+time the budget is spent). A run whose rate needs more than `steps_cap` (a
+stall, q ≈ 1) stops at its budget, so a stopped run stops costing compute;
+its needed steps are its stated reason. The budget is traced: the grid stays
+one compiled program, and under `vmap` a point that has stopped only waits.
 """
 
 import equinox as eqx
@@ -42,7 +46,7 @@ from .._lanczos import lanczos
 LANCZOS = 12
 
 #: What only the discrete runs report (NaN for a flow): `local_descent`.
-DISCRETE_ONLY = ("lr_min", "lr_max", "undone", "rate", "steps_needed")
+DISCRETE_ONLY = ("lr_min", "lr_max", "undone", "rate", "steps_needed", "budget")
 
 #: The smallest step factor the safeguard tries before calling the run diverged.
 MIN_FACTOR = 2.0**-40
@@ -51,6 +55,11 @@ MIN_FACTOR = 2.0**-40
 #: the module); the margin is far above the loss's round-off (a first step at
 #: L = L₀ + 1 ulp must not count as a rise) and far below any real rise.
 RISE = 1e-6
+
+#: A spent budget is extended to this multiple of the steps the run needs at its
+#: final rate: the rate of a slow tail drifts as its modes mix, and a margin of
+#: 25% lets it finish in one extension where the drift is a few percent.
+EXTEND = 1.25
 
 
 def _scaled_loss(loss, model, rates):
@@ -102,6 +111,7 @@ class _State(eqx.Module):
     model: eqx.Module
     vector: jax.Array  # last top Ritz vector (Lanczos's next start)
     steps: jax.Array  # accepted steps
+    budget: jax.Array  # accepted steps allowed (extended on a linear tail)
     time: jax.Array  # Σ η over accepted steps
     factor: jax.Array  # safeguard factor on the local step
     lr_min: jax.Array
@@ -175,13 +185,14 @@ def _segment(loss, state, *, rates, projection, s):
         tol=s["tol"],
         bound=state.loss * (1 + RISE),
         size=min(s["segment"], s["steps"]),
-        limit=s["steps"] - state.steps,
+        limit=state.budget - state.steps,
     )
     rate = (value / state.loss) ** (1 / jnp.maximum(taken, 1))
     accepted = _State(
         model=model,
         vector=vector,
         steps=state.steps + taken,
+        budget=state.budget,
         time=state.time + taken * lr,
         factor=jnp.minimum(2 * state.factor, 1.0),
         lr_min=jnp.minimum(state.lr_min, lr),
@@ -202,13 +213,14 @@ def _segment(loss, state, *, rates, projection, s):
 
 def local_descent(loss, model, *, rates, projection, s):
     """GD from `model` at the local step (see the module), to L < `tol` within
-    `steps` accepted steps.
+    `steps` accepted steps, extended on a linear tail up to `steps_cap`.
 
     **Returns:** (final model, dict of `final_loss`, `steps` k, `time` (Σ η),
     `done` (1 converged, 2 diverged, 0 budget used), `lr_min`, `lr_max` (the
     smallest and largest step taken; inf and 0 if none was), `undone`
-    (segments undone), `rate` (final per-step contraction q) and
-    `steps_needed` (k + ln(L/tol)/(−ln q); inf where q ≥ 1)).
+    (segments undone), `rate` (final per-step contraction q),
+    `steps_needed` (k + ln(L/tol)/(−ln q); inf where q ≥ 1) and `budget` (the
+    steps it was allowed in the end)).
     """
     loss0 = loss(model)
     zero = jnp.zeros((), loss0.dtype)
@@ -216,6 +228,7 @@ def local_descent(loss, model, *, rates, projection, s):
         model=model,
         vector=first_vector(model),
         steps=jnp.zeros((), jnp.int32),
+        budget=jnp.asarray(s["steps"], jnp.int32),
         time=zero,
         factor=jnp.ones_like(zero),
         lr_min=jnp.full_like(zero, jnp.inf),
@@ -227,24 +240,46 @@ def local_descent(loss, model, *, rates, projection, s):
     )
 
     def running(state):
-        return (state.done == 0) & (state.steps < s["steps"])
+        return (state.done == 0) & (state.steps < state.budget)
 
     def body(state):
-        new = _segment(loss, state, rates=rates, projection=projection, s=s)
+        new = _extended(
+            _segment(loss, state, rates=rates, projection=projection, s=s), s
+        )
         return _where(running(state), new, state)
 
     state = lax.while_loop(running, body, state)
     return state.model, _report(state, s)
 
 
-def _report(state, s) -> dict:
+def _needed(state, s):
+    """k + ln(L/tol)/(−ln q): the steps to L < `tol` at the final rate q (k once
+    converged; inf where q ≥ 1)."""
     q = state.rate
     remaining = jnp.log(state.loss / s["tol"]) / -jnp.log(jnp.where(q < 1, q, 0.5))
-    needed = jnp.where(
+    return jnp.where(
         state.done == 1,
         state.steps.astype(q.dtype),
         jnp.where(q < 1, state.steps + jnp.maximum(remaining, 0), jnp.inf),
     )
+
+
+def _extended(state, s):
+    """A spent budget extended to `EXTEND`× the steps needed at the final rate,
+    at most `steps_cap`; unchanged unless the run needs no more than the cap."""
+    needed = _needed(state, s)
+    spent = (state.done == 0) & (state.steps >= state.budget)
+    extend = spent & (needed <= s["steps_cap"])
+    wanted = jnp.minimum(
+        jnp.ceil(EXTEND * jnp.where(extend, needed, 0)), s["steps_cap"]
+    )
+    budget = jnp.where(
+        extend, jnp.maximum(wanted.astype(jnp.int32), state.budget), state.budget
+    )
+    return eqx.tree_at(lambda t: t.budget, state, budget)
+
+
+def _report(state, s) -> dict:
     return dict(
         final_loss=state.loss,
         steps=state.steps,
@@ -253,8 +288,9 @@ def _report(state, s) -> dict:
         lr_min=state.lr_min,
         lr_max=state.lr_max,
         undone=state.undone,
-        rate=q,
-        steps_needed=needed,
+        rate=state.rate,
+        steps_needed=_needed(state, s),
+        budget=state.budget,
     )
 
 

@@ -32,6 +32,10 @@ def check_settings(s) -> tuple[list[int], tuple[str, ...]]:
         if depth != int(depth) or depth < 2:
             raise SettingError(f"setting `depths`: integers ≥ 2, got {depth:g}")
         depths.append(int(depth))
+    if s["steps_cap"] < s["steps"]:
+        raise SettingError(
+            f"setting `steps_cap` ({s['steps_cap']}) must be ≥ `steps` ({s['steps']})"
+        )
     if s["ratio"] not in s["ratios"]:
         raise SettingError(f"setting `ratio` ({s['ratio']:g}) must be in `ratios`")
     families = tuple(f.strip() for f in s["families"].split(","))
