@@ -22,8 +22,6 @@ from ._flow import _flat_rates, gradient_flow
 from ._objective import Objective
 
 MAX_K = 8
-# saves processed at once by `lax.map`, as the engine does for the losses
-_SAVE_BATCH = 32
 
 
 def check_k(k) -> int:
@@ -67,27 +65,41 @@ def third_derivatives(objective, y, rows_u, k: int):
 
 
 @eqx.filter_jit
-def save_diagnostics(field, objective, saved, stand_in):
-    """`field.diagnostics(y, objective)` at every saved state, `_SAVE_BATCH`
-    saves at a time (a `lax.map` over batches padded with `stand_in`, so the
-    body is traced once). Saves past a stop are inf; they are evaluated on the
-    finite stand-in and reported as inf."""
-    count = saved.shape[0]
-    batch = min(_SAVE_BATCH, count)
-    padded = -(-count // batch) * batch
+def save_diagnostics(field, objective, params, saved, state):
+    """`field.diagnostics(y, objective)` at every saved state y = [θ; s], from
+    the saved trainable leaves `saved` (stacked along a leading axis) and the
+    saved extra state `state` (or None), one save at a time: a `lax.scan`, whose
+    body is compiled once and unbatched (faster to compile and to run than a
+    `vmap` over the QP's `lax.while_loop`). A save equal to the one before (a
+    repeated save time, or the saves past a stop) reuses its diagnostics. Saves
+    past a stop are inf; they are evaluated on the finite stand-in `field.start`
+    at `params` and reported as inf. Raveling inside the program keeps it to one
+    compilation."""
+    layout = objective.layout
+    saved = jax.vmap(layout.ravel)(saved)
+    if state is not None:
+        saved = jnp.concatenate([saved, state], axis=1)
+    stand_in = field.start(layout.ravel(params), objective)
     finite = jnp.all(jnp.isfinite(saved), axis=1)
     filled = jnp.where(finite[:, None], saved, stand_in)
-    filled = jnp.concatenate(
-        [filled, jnp.broadcast_to(stand_in, (padded - count,) + stand_in.shape)]
-    )
-    at = jax.vmap(lambda y: field.diagnostics(y, objective))
-    out = lax.map(at, filled.reshape((padded // batch, batch) + stand_in.shape))
 
-    def unbatch(v):
-        v = v.reshape((padded,) + v.shape[2:])[:count]
-        return jnp.where(finite.reshape((count,) + (1,) * (v.ndim - 1)), v, jnp.inf)
+    def diagnostics(y):
+        return field.diagnostics(y, objective)
 
-    return jax.tree.map(unbatch, out)
+    def body(carry, y):
+        previous, out = carry
+        out = lax.cond(jnp.all(y == previous), lambda: out, lambda: diagnostics(y))
+        return (y, out), out
+
+    shapes = jax.eval_shape(diagnostics, stand_in)
+    blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    never = jnp.full_like(stand_in, jnp.nan)  # equal to no save
+    out = lax.scan(body, (never, blank), filled)[1]
+
+    def mask(v):
+        return jnp.where(finite.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.inf)
+
+    return jax.tree.map(mask, out)
 
 
 def run_central(name, loss, model, make_field, *, k, lanczos_steps, t1, ts, kwargs):
@@ -110,8 +122,6 @@ def run_central(name, loss, model, make_field, *, k, lanczos_steps, t1, ts, kwar
     objective = Objective(
         loss, static, layout, _flat_rates(field, model, params, layout)
     )
-    saved = jax.vmap(layout.ravel)(split_model(traj.models, trainable)[0])
-    if "state" in traj.aux:
-        saved = jnp.concatenate([saved, traj.aux["state"]], axis=1)
-    stand_in = field.start(layout.ravel(params), objective)
-    return traj, field, save_diagnostics(field, objective, saved, stand_in)
+    saved = split_model(traj.models, trainable)[0]
+    aux = save_diagnostics(field, objective, params, saved, traj.aux.get("state"))
+    return traj, field, aux

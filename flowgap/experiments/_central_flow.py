@@ -94,7 +94,7 @@ SETTINGS = (
     ),
 )
 
-QUICK = dict(lrs=(0.2,), t1=300.0, sharpness_points=100, lanczos_steps=12)
+QUICK = dict(lrs=(0.2,), t1=300.0, sharpness_points=100, lanczos_steps=8)
 
 
 class CentralFlowResult(ExperimentResult):
