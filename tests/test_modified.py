@@ -13,7 +13,7 @@ from flowgap.dynamics import compare, modified_flow
 from flowgap.models import DeepLinear, TwoLayer
 from flowgap.problems import low_rank, teacher_student
 
-from .helpers import quadratic
+from .helpers import quadratic, tree_distance
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -78,6 +78,38 @@ def test_new_lr_does_not_recompile(key):
     first = len(traces)
     modified_flow(loss, model, lr=0.05, order=2, t1=0.7)
     assert len(traces) == first
+
+
+def test_series_field_is_every_order_in_one_program(key):
+    """`SeriesField` is GF (η = 0: the other terms are multiplied by 0) and the
+    order-1 and order-2 modified flows (w = 0, 1), each order and η from one
+    compiled solve: the loss is traced once. Same values, so the same steps:
+    the solves agree to round-off (1e-14 on θ of norm ~1)."""
+    from flowgap.dynamics._modified import SeriesField
+
+    problem, model = _cases(key)["tanh-two-layer"]
+    traces = []
+
+    def loss(m):
+        traces.append(1)
+        return problem.loss(m)
+
+    options = dict(t1=0.5, rtol=1e-12, atol=1e-12)
+    solved = {}
+    for order, lr in [(2, 0.1), (0, 0.1), (1, 0.1), (1, 0.05), (2, 0.05)]:
+        solved[order, lr] = flowgap.gradient_flow(
+            loss, model, field=SeriesField.of_order(order, lr), **options
+        )
+        if len(solved) == 1:
+            first = len(traces)
+    assert len(traces) == first
+    flow = flowgap.gradient_flow(problem.loss, model, **options)
+    assert tree_distance(solved[0, 0.1].final, flow.final) < 1e-14
+    for order, lr in [(1, 0.1), (1, 0.05), (2, 0.1), (2, 0.05)]:
+        alone = modified_flow(problem.loss, model, lr=lr, order=order, **options)
+        assert tree_distance(solved[order, lr].final, alone.final) < 1e-14
+    with pytest.raises(ValueError, match="`order`"):
+        SeriesField.of_order(3, 0.1)
 
 
 def test_compare_on_the_shared_clock(key):

@@ -29,6 +29,9 @@ from ._modified import (
     ModifiedField as ModifiedField,
 )
 from ._modified import (
+    SeriesField as SeriesField,
+)
+from ._modified import (
     modified_flow as modified_flow,
 )
 from ._momentum import (

@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 
 from .. import dynamics, models
 from ._figure import Panel, Series, shades
-from ._ladder import fit_against_lr, label_lrs, ladder_steps, slope_text, tone
+from ._ladder import (
+    fit_against_lr,
+    label_lrs,
+    ladder_descent,
+    ladder_steps,
+    slope_text,
+    tone,
+)
 from ._result import ExperimentResult
 from ._settings import Setting, SettingError
 from ._step_vs_flow_sweep import SWEEP as SWEEP
@@ -238,17 +245,18 @@ def _against_flow(s, problem, name, net, steps, bar):
     rows = [_row(name, "GF", flow, problem.truth, flow.stats["num_steps"])]
     curves = {f"{name}/gf/ts": flow.ts, f"{name}/gf/loss": flow.loss}
     gaps = []
+    bar.set_postfix_str(f"{name} GD")
+    ladder = ladder_descent(
+        problem.loss,
+        model,
+        s["lrs"],
+        s["t1"],
+        s["saves"],
+        rates=rates,
+        projection=projection,
+    )
     for lr in s["lrs"]:
-        bar.set_postfix_str(f"{name} GD lr={lr:g}")
-        gd = dynamics.gradient_descent(
-            problem.loss,
-            model,
-            lr=lr,
-            steps=steps[lr],
-            save_every=steps[lr] // s["saves"],
-            rates=rates,
-            projection=projection,
-        )
+        gd = ladder[lr]
         gaps.append(float(distance(gd.final, flow.final)))
         rows.append(_row(name, f"GD lr={lr:g}", gd, problem.truth, steps[lr], gaps[-1]))
         key = f"{name}/gd/{lr:g}"

@@ -7,11 +7,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float
 
 from .. import dynamics, models, problems
 from .._precision import attainable_tolerances, params_dtype
-from ._ladder import ladder_steps
+from ._ladder import MovesFor, ladder_steps
 from ._settings import SettingError
 from ._sweepable import Sweepable
 
@@ -48,9 +47,11 @@ def recovery_error_of(trajectory, truth):
     return jnp.linalg.norm(trajectory.final.end_to_end() - truth)
 
 
+@eqx.filter_jit
 def distance(a, b, *, batch_dims: int = 0):
     """‖a − b‖₂ over the trainable leaves, per index of the leading `batch_dims`
-    axes (1 for two trajectories' `models`: one value per save)."""
+    axes (1 for two trajectories' `models`: one value per save). One program per
+    shape of the pair (op by op, each leaf's ops would compile their own)."""
     la = jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))
     lb = jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))
     squares = sum(
@@ -60,25 +61,6 @@ def distance(a, b, *, batch_dims: int = 0):
     return jnp.sqrt(squares)
 
 
-class _MovesFor(eqx.Module):
-    """An optimizer factory for `dynamics.gradient_descent`: plain GD,
-    `optax.sgd(lr)`, whose updates are kept for the first `steps` steps and zero
-    after (selected, not multiplied, so a non-finite gradient at the frozen θ
-    moves nothing), so a program of any static length ≥ `steps` ends at θ_steps.
-    `steps` is traced: one compiled program serves every lr of a sweep."""
-
-    steps: Float[Array, ""]
-
-    def __call__(self, lr):
-        def update(updates, count, params=None):
-            keep = count < self.steps
-            kept = jax.tree.map(lambda u: jnp.where(keep, u, 0.0), updates)
-            return kept, count + 1
-
-        freeze = optax.GradientTransformation(lambda _: jnp.array(0), update)
-        return optax.chain(optax.sgd(lr), freeze)
-
-
 def point(settings, *, key, lr, scale=None):
     r"""One sweep point: the plain diagonal net on the problem drawn by `key`, by
     GD at `lr` for K = t1/lr steps and by the exact flow, compared at the one time
@@ -86,7 +68,7 @@ def point(settings, *, key, lr, scale=None):
     T = `t1`. `scale` defaults to the setting.
 
     The program runs `settings["max_steps"]` steps (from `SWEEP.settings_for`: the
-    largest K of the grid), GD moving for the first K only (`_MovesFor`), so the
+    largest K of the grid), GD moving for the first K only (`MovesFor`), so the
     grid compiles once while each run stops at its own K.
 
     **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
@@ -105,7 +87,7 @@ def point(settings, *, key, lr, scale=None):
         lr=lr,
         steps=s["max_steps"],
         save_every=s["max_steps"],
-        optimizer=_MovesFor(steps),
+        optimizer=MovesFor(steps),
     )
     time = steps * lr
     gf = exact_flow(problem.loss, model, s, t1=time)
