@@ -152,8 +152,11 @@ def fit_against_lr(lrs: Sequence[float], values: Sequence[float] | np.ndarray) -
 def slope_text(fit: dict) -> str:
     """A fitted slope for a table's notes: `1.033 ± 0.012`; the slope alone when
     its standard error is undefined (two rates leave no degree of freedom), and
-    "—" without a slope; never `± nan`."""
-    slope, stderr = fit["slope"], fit["stderr"]
+    "—" without a slope; never `± nan`. A fit read back from `results.json`
+    holds null (None) where it held NaN."""
+    slope, stderr = (
+        math.nan if v is None else v for v in (fit["slope"], fit["stderr"])
+    )
     if not math.isfinite(slope):
         return "— (needs two positive, finite values)"
     if not math.isfinite(stderr):
