@@ -86,26 +86,42 @@ def gap_exponent(
     ladder its narrow interval misses p by O(η). With the correction term and
     four or more rates the interval covers the order (docs: gap-toolkit.md).
 
+    The whole table takes two compiled programs: GD at every rate is one
+    (`dynamics.ladder_descent`), and every flow is one field whose η and order
+    are traced (`dynamics.SeriesField`; the gradient flow is its η = 0 case).
+
     **Returns:** a `GapTable`.
     """
-    lrs, t1, steps = _check_ladder(lrs, t1, orders)
+    lrs, t1 = _check_ladder(lrs, t1, orders)
     solver = diffrax.Dopri8() if solver is None else solver
     default = attainable_tolerances(1e-13, 1e-13, params_dtype(model))
     rtol = default[0] if rtol is None else rtol
     atol = default[1] if atol is None else atol
-    shared = dict(rates=rates, throw=True, trainable=trainable)
-    common = dict(
-        t1=t1, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, **shared
+    ladder = dynamics.ladder_descent(
+        loss, model, lrs.tolist(), t1, rates=rates, throw=True, trainable=trainable
     )
-    gd = [
-        dynamics.gradient_descent(
-            loss, model, lr=lr, steps=int(k), save_every=int(k), **shared
+    gd = [ladder[lr].final for lr in lrs.tolist()]
+
+    def flow_final(order, lr=0.0):
+        return dynamics.gradient_flow(
+            loss,
+            model,
+            t1=t1,
+            field=dynamics.SeriesField.of_order(order, lr, rates),
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+            throw=True,
+            trainable=trainable,
         ).final
-        for lr, k in zip(lrs, np.round(steps))
-    ]
+
     gaps = {}
     for order in orders:
-        finals = _flow_finals(loss, model, lrs, order, common)
+        if order == 0:  # the gradient flow does not depend on η
+            finals = [flow_final(0)] * len(lrs)
+        else:
+            finals = [flow_final(order, lr) for lr in lrs]
         gaps[order] = np.array(
             [parameter_distance(a, b, trainable=trainable) for a, b in zip(gd, finals)]
         )
@@ -116,10 +132,9 @@ def gap_exponent(
     return GapTable(lrs=lrs, gaps=gaps, fits=fits)
 
 
-def _check_ladder(lrs, t1, orders) -> tuple[np.ndarray, float, np.ndarray]:
-    """(learning rates, horizon T, GD step counts T/η), after checking that the
-    ladder has two or more positive rates, each dividing T, and that every order
-    has a flow."""
+def _check_ladder(lrs, t1, orders) -> tuple[np.ndarray, float]:
+    """(learning rates, horizon T), after checking that the ladder has two or
+    more positive rates, each dividing T, and that every order has a flow."""
     lrs = np.asarray(lrs, dtype=float)
     if lrs.ndim != 1 or lrs.size < 2 or np.any(lrs <= 0):
         raise ValueError("`lrs` must list at least two positive learning rates.")
@@ -129,17 +144,4 @@ def _check_ladder(lrs, t1, orders) -> tuple[np.ndarray, float, np.ndarray]:
     steps = t1 / lrs
     if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
         raise ValueError(f"every entry of `lrs` must divide t1 = {t1:g}.")
-    return lrs, t1, steps
-
-
-def _flow_finals(loss, model, lrs, order: int, common: dict) -> list:
-    """θ_flow(T) to compare with each GD run: one gradient-flow solve shared by the
-    whole ladder (order 0), or one modified-flow solve per η (its field depends
-    on η)."""
-    if order == 0:
-        flow = dynamics.gradient_flow(loss, model, **common).final
-        return [flow] * len(lrs)
-    return [
-        dynamics.modified_flow(loss, model, lr=lr, order=order, **common).final
-        for lr in lrs
-    ]
+    return lrs, t1

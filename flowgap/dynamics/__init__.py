@@ -24,6 +24,9 @@ from ._field import (
 )
 from ._flat import FlatLayout as FlatLayout
 from ._flow import gradient_flow as gradient_flow
+from ._ladder import MovesFor as MovesFor
+from ._ladder import ladder_descent as ladder_descent
+from ._ladder import ladder_steps as ladder_steps
 from ._minibatch import Minibatches as Minibatches
 from ._modified import (
     ModifiedField as ModifiedField,

@@ -14,16 +14,15 @@ notes (in float64, at rtol 1e-13, none is).
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import analysis, dynamics, models, problems
+from .. import analysis, models, problems
 from .._precision import attainable_tolerances, params_dtype
 from ._figure import Panel, Series
-from ._ladder import label_lrs, ladder_descent
+from ._ladder import label_lrs
 from ._result import ExperimentResult
 from ._settings import Setting, SettingError
 from ._table import Column
@@ -76,41 +75,6 @@ def _norm(model) -> float:
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
     ]
     return float(np.sqrt(sum(np.sum(x**2) for x in leaves)))
-
-
-def _gap_table(loss, model, *, lrs, t1, rtol, atol) -> analysis.GapTable:
-    """`analysis.gap_exponent(loss, model, lrs=lrs, t1=t1, rtol=rtol, atol=atol)`,
-    its numbers up to round-off, in two compiled programs instead of one per rate
-    and per flow: GD at every rate is one program (`ladder_descent`), and the
-    gradient flow and the modified flows of every η are one field whose order is
-    traced (`SeriesField`)."""
-    lrs = np.asarray(lrs, dtype=float)  # `ladder_descent` checks K = t1/η
-    ladder = ladder_descent(loss, model, lrs.tolist(), t1, throw=True)
-    gd = [ladder[lr].final for lr in lrs.tolist()]
-
-    def flow(order, lr=0.0):
-        field = dynamics.SeriesField.of_order(order, lr)
-        return dynamics.gradient_flow(
-            loss,
-            model,
-            t1=t1,
-            field=field,
-            solver=diffrax.Dopri8(),
-            rtol=rtol,
-            atol=atol,
-            max_steps=1_000_000,
-            throw=True,
-        ).final
-
-    finals = {0: [flow(0)] * len(lrs)}
-    for order in (1, 2):
-        finals[order] = [flow(order, lr) for lr in lrs]
-    gaps = {
-        order: np.array([analysis.parameter_distance(a, b) for a, b in zip(gd, flows)])
-        for order, flows in finals.items()
-    }
-    fits = {o: analysis.loglog_slope(lrs, g) for o, g in gaps.items()}
-    return analysis.GapTable(lrs=lrs, gaps=gaps, fits=fits)
 
 
 def _resolved_fit(lrs, gaps, resolved, fit) -> dict:
@@ -215,7 +179,7 @@ def run(settings, *, seed: int, progress: bool = True) -> GapResult:
         # raised to the floor a coarser dtype can meet, float64 unchanged
         rtol, atol = attainable_tolerances(s["rtol"], s["atol"], params_dtype(model))
         try:
-            table = _gap_table(
+            table = analysis.gap_exponent(
                 problem.loss, model, lrs=s["lrs"], t1=s["t1"], rtol=rtol, atol=atol
             )
         except ValueError as err:

@@ -18,7 +18,6 @@ from ._figure import Panel, Series, shades
 from ._ladder import (
     fit_against_lr,
     label_lrs,
-    ladder_descent,
     ladder_steps,
     slope_text,
     tone,
@@ -246,7 +245,7 @@ def _against_flow(s, problem, name, net, steps, bar):
     curves = {f"{name}/gf/ts": flow.ts, f"{name}/gf/loss": flow.loss}
     gaps = []
     bar.set_postfix_str(f"{name} GD")
-    ladder = ladder_descent(
+    ladder = dynamics.ladder_descent(
         problem.loss,
         model,
         s["lrs"],

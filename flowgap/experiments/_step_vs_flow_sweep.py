@@ -10,7 +10,7 @@ import optax
 
 from .. import dynamics, models, problems
 from .._precision import attainable_tolerances, params_dtype
-from ._ladder import MovesFor, ladder_steps
+from ._ladder import ladder_steps
 from ._settings import SettingError
 from ._sweepable import Sweepable
 
@@ -68,7 +68,7 @@ def point(settings, *, key, lr, scale=None):
     T = `t1`. `scale` defaults to the setting.
 
     The program runs `settings["max_steps"]` steps (from `SWEEP.settings_for`: the
-    largest K of the grid), GD moving for the first K only (`MovesFor`), so the
+    largest K of the grid), GD moving for the first K only (`dynamics.MovesFor`), so the
     grid compiles once while each run stops at its own K.
 
     **Returns:** `recovery_error` ‖β_GD − β*‖, `flow_recovery_error` ‖β_GF − β*‖,
@@ -87,7 +87,7 @@ def point(settings, *, key, lr, scale=None):
         lr=lr,
         steps=s["max_steps"],
         save_every=s["max_steps"],
-        optimizer=MovesFor(steps),
+        optimizer=dynamics.MovesFor(steps),
     )
     time = steps * lr
     gf = exact_flow(problem.loss, model, s, t1=time)
