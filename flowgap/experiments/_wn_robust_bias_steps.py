@@ -16,8 +16,9 @@ zero residual it is `learning_rate`'s closed form: `_wn_robust_bias_train`.)
 **The safeguard.** Inside a segment the curvature can grow faster than the
 step was set for (a depth-3 escape from a small α grows the weights
 geometrically). Below the bound, GD lowers L at every step; a segment in which
-L rises above its start value (by more than `RISE`, round-off), or is not
-finite, is undone and redone at a quarter of the step; after an accepted
+L rises above its start value (by more than `RISE` and L's round-off:
+`rise_bound`), or is not finite, is undone and redone at a quarter of the
+step; after an accepted
 segment the factor doubles back towards 1. A factor below `2⁻⁴⁰` ends the run
 as diverged.
 
@@ -40,6 +41,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import dynamics, models
 from .._lanczos import lanczos
+from .._precision import TOLERANCE_ULPS
 
 #: Lanczos steps per re-estimate of λ_max, from the previous Ritz vector (plus a
 #: fixed random part, so a new top direction is found).
@@ -55,6 +57,20 @@ MIN_FACTOR = 2.0**-40
 #: the module); the margin is far above the loss's round-off (a first step at
 #: L = L₀ + 1 ulp must not count as a rise) and far below any real rise.
 RISE = 1e-6
+
+
+def rise_bound(value, start_loss):
+    r"""The largest L a segment that started at L = `value` may end at: (1 +
+    `RISE`)·L plus the round-off of L itself. L = ‖r‖²/2n with a residual r
+    resolved to `TOLERANCE_ULPS`·ε of the targets' size, so L is resolved to
+    about ε·√(L·L₀) in absolute terms (L₀ = `start_loss`, the loss at the
+    start, of the targets' size at small init): far below RISE·L in float64
+    (2e-14·√(L·L₀) against 1e-6·L, at any L above the loss floor), but above it
+    in float32 near convergence, where L's round-off would otherwise read as a
+    rise and undo every segment."""
+    eps = jnp.finfo(jnp.result_type(value)).eps
+    return value * (1 + RISE) + TOLERANCE_ULPS * eps * jnp.sqrt(value * start_loss)
+
 
 #: A spent budget is extended to this multiple of the steps the run needs at its
 #: final rate: the rate of a slow tail drifts as its modes mix, and a margin of
@@ -170,7 +186,7 @@ def _rates(grads, rates):
     )
 
 
-def _segment(loss, state, *, rates, projection, s):
+def _segment(loss, state, *, rates, projection, s, start_loss):
     """One segment of `segment` steps from `state` at the local step; undone
     (at a quarter of the step next time) if L rises in it or is not finite."""
     start = state.vector + 0.1 * first_vector(state.model) / state.vector.size**0.5
@@ -183,7 +199,7 @@ def _segment(loss, state, *, rates, projection, s):
         rates=rates,
         projection=projection,
         tol=s["tol"],
-        bound=state.loss * (1 + RISE),
+        bound=rise_bound(state.loss, start_loss),
         size=min(s["segment"], s["steps"]),
         limit=state.budget - state.steps,
     )
@@ -244,7 +260,10 @@ def local_descent(loss, model, *, rates, projection, s):
 
     def body(state):
         new = _extended(
-            _segment(loss, state, rates=rates, projection=projection, s=s), s
+            _segment(
+                loss, state, rates=rates, projection=projection, s=s, start_loss=loss0
+            ),
+            s,
         )
         return _where(running(state), new, state)
 
