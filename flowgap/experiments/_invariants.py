@@ -12,6 +12,7 @@ horizon T (expected 1: T/η steps of O(η²) each).
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,9 +41,16 @@ SETTINGS = (
     Setting("scale", 0.3, "init scale of every model", positive=True),
     Setting("rtol", 1e-12, "gradient-flow relative tolerance", positive=True),
     Setting("atol", 1e-12, "gradient-flow absolute tolerance", positive=True),
+    Setting(
+        "joint_flow",
+        False,
+        "the four flows as one Diffrax solve (one shared step size: compiled "
+        "once, each flow's drift then that of the shared steps)",
+        "bool",
+    ),
 )
 
-QUICK = dict(lrs=(0.04, 0.02), t1=0.4)
+QUICK = dict(lrs=(0.04, 0.02), t1=0.4, joint_flow=True)
 
 LAWS = {
     "diagonal": "u⊙v",
@@ -177,15 +185,29 @@ class InvariantsResult(ExperimentResult):
 
 def _descent_drifts(s, name, case, steps, scale, bar):
     """GD at each rate of the ladder, saved at every step: the drift of the law
-    along the run and its prediction. **Returns:** rows and curves."""
+    along the run and its prediction. Every rate runs the program of the longest
+    run with its moves frozen after its own K = t1/lr steps (`MovesFor`, as in
+    `dynamics.ladder_descent`), so one compiled descent and one compiled drift
+    serve the whole ladder; each curve is then cut at step K (the prediction sums
+    only the steps before it). **Returns:** rows and curves."""
     problem, model, rates, law = case
+    longest = max(steps.values())
     rows, curves = [], {}
     for lr in s["lrs"]:
+        k = steps[lr]
         traj = dynamics.gradient_descent(
-            problem.loss, model, lr=lr, steps=steps[lr], rates=rates
+            problem.loss,
+            model,
+            lr=lr,
+            steps=longest,
+            rates=rates,
+            optimizer=dynamics.MovesFor(jnp.asarray(k, jnp.result_type(float))),
         )
-        ts, drift, predicted = invariants.drift_curves(
-            law, problem.loss, traj, lr=lr, rates=rates
+        ts, drift, predicted = (
+            x[: k + 1]
+            for x in invariants.drift_curves(
+                law, problem.loss, traj, lr=lr, rates=rates
+            )
         )
         key = f"{name}/gd/{lr:g}"
         curves[f"{key}/ts"], curves[f"{key}/drift"] = ts, drift
@@ -204,23 +226,65 @@ def _descent_drifts(s, name, case, steps, scale, bar):
     return rows, curves
 
 
-def _flow_drift(s, name, case, scale):
-    """The exact flow (Tsit5, 41 saves to t1): the drift of the law along it.
-    **Returns:** its row and curves."""
-    problem, model, rates, law = case
+class _Summed(eqx.Module):
+    """L(m₁, …, m_n) = Σᵢ Lᵢ(mᵢ), a loss of the tuple of models: its gradient
+    flow is every model's own flow, on one clock."""
+
+    losses: tuple
+
+    def __call__(self, models):
+        return sum(loss(model) for loss, model in zip(self.losses, models))
+
+
+def _flow_drifts(s, cases):
+    """The exact flows (Tsit5, 41 saves to t1): model → (ts, the drift of its law
+    along its flow). With `joint_flow` the models' flows are one solve of the
+    tuple of models under the summed loss (compiled once; its step size serves
+    every model), else one solve each."""
+    ts = jnp.linspace(0.0, s["t1"], 41)
     # raised to the floor a coarser dtype can meet (100·ε); float64 unchanged
-    rtol, atol = attainable_tolerances(s["rtol"], s["atol"], params_dtype(model))
-    flow = dynamics.gradient_flow(
-        problem.loss,
-        model,
-        t1=s["t1"],
-        ts=jnp.linspace(0.0, s["t1"], 41),
-        rates=rates,
-        solver=diffrax.Tsit5(),
-        rtol=rtol,
-        atol=atol,
+    rtol, atol = attainable_tolerances(
+        s["rtol"], s["atol"], params_dtype([c.model for c in cases.values()])
     )
-    ts, drift = invariants.flow_drift(law, flow)
+
+    def flow(loss, model, rates):
+        return dynamics.gradient_flow(
+            loss,
+            model,
+            t1=s["t1"],
+            ts=ts,
+            rates=rates,
+            solver=diffrax.Tsit5(),
+            rtol=rtol,
+            atol=atol,
+        )
+
+    if not s["joint_flow"]:
+        return {
+            name: invariants.flow_drift(
+                case.law, flow(case.problem.loss, case.model, case.rates)
+            )
+            for name, case in cases.items()
+        }
+    joint = flow(
+        _Summed(tuple(case.problem.loss for case in cases.values())),
+        tuple(case.model for case in cases.values()),
+        tuple(
+            dynamics.uniform_rates(case.model) if case.rates is None else case.rates
+            for case in cases.values()
+        ),
+    )
+    return {
+        name: invariants.flow_drift(
+            case.law, eqx.tree_at(lambda t: t.models, joint, joint.models[i])
+        )
+        for i, (name, case) in enumerate(cases.items())
+    }
+
+
+def _flow_row(name, flow, scale):
+    """The flow's row and curves, from its (ts, drift)."""
+    ts, drift = flow
     row = dict(
         model=name,
         law=LAWS[name],
@@ -246,11 +310,12 @@ def run(settings, *, seed: int, progress: bool = True) -> InvariantsResult:
     rows, fits, curves = [], {}, {}
     total = len(cases) * (len(s["lrs"]) + 1)
     with tqdm(total=total, desc=NAME, disable=not progress, leave=False) as bar:
+        flows = _flow_drifts(s, cases)
+        bar.update(len(cases))
         for name, case in cases.items():
             scale = _law_scale(case.law, case.model)
             gd_rows, gd_curves = _descent_drifts(s, name, case, steps, scale, bar)
-            gf_row, gf_curves = _flow_drift(s, name, case, scale)
-            bar.update()
+            gf_row, gf_curves = _flow_row(name, flows[name], scale)
             rows += [*gd_rows, gf_row]
             curves.update({**gd_curves, **gf_curves})
             fits[name] = fit_against_lr(s["lrs"], [r["drift"] for r in gd_rows])

@@ -88,7 +88,7 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None, trainable=None) -> DriftRep
     lr = float(positive_scalar("lr", lr))
     last = _every_step(trajectory, lr)
     values, taylor, leading = _drift_terms(
-        q, loss, trajectory.models, rates, lr, trainable, last
+        q, loss, trajectory.models, rates, jnp.asarray(lr), trainable, last
     )
     values, taylor, leading = (np.asarray(x) for x in (values, taylor, leading))
     warn_if_unresolved(
@@ -110,9 +110,11 @@ def gd_drift(q, loss, trajectory, *, lr, rates=None, trainable=None) -> DriftRep
 def _drift_terms(q, loss, models, rates, lr, trainable, last: int):
     """(Q(θ_k), the exact one-step Taylor terms, the leading-order terms) over the
     first `last` saves, as one compiled program: done op by op, the flattening,
-    differences and sums each compiled a program of their own."""
+    differences and sums each compiled a program of their own. (`lr` is traced:
+    one program serves every rate of a ladder whose runs have one length.)"""
     thetas, rebuild = flatten_saves(models, trainable)
     thetas = thetas[:last]
+    lr = lr.astype(thetas.dtype)  # as a Python float would be: rounded to θ's
     qv = lambda t: as_vector(q, rebuild(t))  # noqa: E731
     p = flat_rates(rates, rebuild(thetas[0]), trainable)
 
