@@ -254,6 +254,34 @@ def test_tune_finds_the_one_step_optimal_learning_rate():
     assert abs(result.best["lr"] * lam - 1) < 0.05
 
 
+def test_tune_forward_mode_is_the_reverse_mode_path():
+    """The same tuning run in forward and reverse mode: the hypergradient of
+    one GD step on ½λθ² is −λ²θ₀²(1 − ηλ) in η, in closed form, and the two modes give
+    it (and so the same iterates) to round-off."""
+    lam = 4.0
+
+    def final_loss(lr, scale):
+        return flowgap.gradient_descent(
+            lambda t: 0.5 * lam * t**2, scale, lr=lr, steps=1
+        ).final_loss
+
+    start = {"lr": 0.05, "scale": 1.5}
+    runs = {
+        mode: tune(final_loss, start, steps=5, mode=mode, progress=False)
+        for mode in ("reverse", "forward")
+    }
+    lr, scale = runs["forward"].path["lr"], runs["forward"].path["scale"]
+    exact = -(lam**2) * scale**2 * (1 - lr * lam)
+    # a few float64 operations each: round-off is ~1e-16 relative
+    np.testing.assert_allclose(runs["forward"].grads["lr"], exact, rtol=1e-13)
+    for name in start:
+        np.testing.assert_allclose(
+            runs["forward"].path[name], runs["reverse"].path[name], rtol=1e-13
+        )
+    with pytest.raises(ValueError, match="`mode`"):
+        tune(final_loss, start, mode="sideways")
+
+
 @pytest.mark.slow
 def test_reverse_mode_memory_is_bounded_in_steps():
     """benchmarks/bench_memory.py: peak RSS of reverse mode through 1e4 and 1e5

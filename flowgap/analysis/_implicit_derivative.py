@@ -7,7 +7,6 @@ from .._checks import positive_scalar
 from ._implicit_bias import woodworth_limit
 
 
-@eqx.filter_jit
 def woodworth_limit_derivative(
     inputs: Float[Array, "n d"], targets: Float[Array, " n"], scale
 ) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
@@ -42,7 +41,13 @@ def woodworth_limit_derivative(
 
     **Returns:** (β_∞, dβ_∞/dα), each of shape (d,).
     """
-    scale = positive_scalar("scale", scale)
+    # checked here, then traced: under filter_jit a Python float would be
+    # static, one compiled program per α
+    return _limit_and_derivative(inputs, targets, positive_scalar("scale", scale))
+
+
+@eqx.filter_jit
+def _limit_and_derivative(inputs, targets, scale):
     return jax.jvp(
         lambda a: woodworth_limit(inputs, targets, a),
         (scale,),

@@ -112,17 +112,20 @@ def _unrolled(problem, s, alpha):
         return traj.final.end_to_end(), traj
 
     gf, traj = jax.jvp(flow_limit, (alpha,), (1.0,), has_aux=True)[1:]
+    steps = [max(1, int(round(s["gd_t1"] / lr))) for lr in s["lrs"]]
+    longest = max(steps)
     gd = []
-    for lr in s["lrs"]:
-        steps = max(1, int(round(s["gd_t1"] / lr)))
-
-        def descent_limit(a, lr=lr, steps=steps):
+    for lr, k in zip(s["lrs"], steps):
+        # every rate runs the longest run's program with its moves frozen after
+        # its own K steps (`MovesFor`): one compiled program for the ladder
+        def descent_limit(a, lr=lr, k=k):
             return dynamics.gradient_descent(
                 problem.loss,
                 models.DiagonalNet(d, scale=a),
                 lr=lr,
-                steps=steps,
-                save_every=steps,
+                steps=longest,
+                save_every=longest,
+                optimizer=dynamics.MovesFor(jnp.asarray(k, dtype)),
             ).final.end_to_end()
 
         gd.append(np.asarray(jax.jvp(descent_limit, (alpha,), (1.0,))[1]))
@@ -149,6 +152,9 @@ def _tune(problem, s, progress):
         {"ratio": s["tune_ratio"]},
         steps=s["tune_steps"],
         optimizer=optax.adam(s["tune_rate"]),
+        # one hyperparameter through a long run: forward mode stores nothing
+        # and compiles a far smaller program than reverse mode
+        mode="forward",
         progress=progress,
     )
 
@@ -300,10 +306,11 @@ def run(settings: Config, *, seed: int, progress: bool = True) -> SensitivityRes
     problem = problems.sparse_recovery(
         jax.random.key(seed), n=s["n"], d=s["d"], sparsity=s["sparsity"]
     )
-    curves = _implicit_curve(problem, s)
+    curves, implicit = _implicit_curve(problem, s)
     rows, norms = [], {"gf_norm": [], "gd_norm": []}
-    for alpha in tqdm(s["scales"], desc=NAME, disable=not progress, leave=False):
-        row, gf_norm, gd_norm = _compare(problem, s, alpha)
+    scales = tqdm(s["scales"], desc=NAME, disable=not progress, leave=False)
+    for alpha, derivative in zip(scales, implicit):
+        row, gf_norm, gd_norm = _compare(problem, s, alpha, derivative)
         rows.append(row)
         norms["gf_norm"].append(gf_norm)
         norms["gd_norm"].append(gd_norm)
@@ -325,26 +332,26 @@ def run(settings: Config, *, seed: int, progress: bool = True) -> SensitivityRes
     return SensitivityResult(settings=s, rows=rows, fits=fits, curves=curves)
 
 
-def _implicit_curve(problem, s) -> dict:
-    """‖dβ_∞/dα‖ by the implicit function theorem on a dense α grid around
-    `scales`."""
+def _implicit_curve(problem, s):
+    """dβ_∞/dα by the implicit function theorem at `scales` and its norm on a
+    dense α grid around them (one vmapped program). **Returns:** (the curves,
+    the derivative at each of `scales`)."""
     x, y = problem.inputs, problem.targets
     lo, hi = min(s["scales"]), max(s["scales"])
     dense_alpha = np.geomspace(lo / 2, hi * 2, 40)
-    dense = jax.vmap(lambda a: analysis.woodworth_limit_derivative(x, y, a)[1])(
-        jnp.asarray(dense_alpha)
+    every = jnp.asarray(np.concatenate([np.asarray(s["scales"], float), dense_alpha]))
+    derivs = np.asarray(
+        jax.vmap(lambda a: analysis.woodworth_limit_derivative(x, y, a)[1])(every)
     )
-    return dict(
-        dense_alpha=dense_alpha, dense_norm=np.linalg.norm(np.asarray(dense), axis=1)
-    )
+    at_scales, dense = derivs[: len(s["scales"])], derivs[len(s["scales"]) :]
+    curves = dict(dense_alpha=dense_alpha, dense_norm=np.linalg.norm(dense, axis=1))
+    return curves, at_scales
 
 
-def _compare(problem, s, alpha):
-    """The three routes to dβ_∞/dα at one α: the table row (relative distances
-    of the unrolled ones to the implicit one), ‖GF's‖ and ‖GD's at the smallest
-    η‖."""
-    x, y = problem.inputs, problem.targets
-    implicit = np.asarray(analysis.woodworth_limit_derivative(x, y, alpha)[1])
+def _compare(problem, s, alpha, implicit):
+    """The three routes to dβ_∞/dα at one α (`implicit`: the implicit function
+    theorem's): the table row (relative distances of the unrolled ones to the
+    implicit one), ‖GF's‖ and ‖GD's at the smallest η‖."""
     gf, traj, gd = _unrolled(problem, s, alpha)
     if not bool(traj.successful):
         raise SettingError(
