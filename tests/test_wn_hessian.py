@@ -1,5 +1,6 @@
 """wn-hessian: the weight-normalised predictor Hessian against width and min‖v‖."""
 
+import functools
 import json
 
 import equinox as eqx
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from flowgap import experiments
+from flowgap import analysis, dynamics, experiments, models, problems
 from flowgap.analysis import predictor_hessian_norm
 from flowgap.experiments import SettingError
 from flowgap.experiments._wn_hessian import (
@@ -19,6 +20,13 @@ from flowgap.experiments._wn_hessian import (
     matched_pair,
     rescale_directions,
 )
+from flowgap.experiments._wn_hessian_group import measure_group
+from flowgap.experiments._wn_hessian_measure import (
+    BLOCKS,
+    min_direction_norm,
+    net_keys,
+)
+from flowgap.experiments._wn_hessian_padding import layout, template, unflatten
 
 ARCH = dict(activation="tanh", scale=1.0, v_scale=1.0)
 
@@ -212,3 +220,142 @@ def test_real_file_round_trip(tmp_path):
     probe = {r["factor"]: r for r in _rows(result, "min-v")}
     assert np.isclose(4 * probe[2.0]["wn_v"], probe[1.0]["wn_v"], rtol=1e-12)
     assert not _rows(result, "gd")  # steps=0 skips GD
+
+
+def flat_params(tree):
+    return ravel_pytree(eqx.filter(tree, eqx.is_inexact_array))[0]
+
+
+def test_matched_pair_wraps_the_mlp_draw(key):
+    """The WN net is `MLP(..., weight_norm=True)` with the same key, directions
+    rescaled to ‖vᵢ‖ = v_scale·√fan_in: wrapping the plain net's layers draws
+    the same arrays."""
+    wn, plain = matched_pair(ARCH, 5, 2, 3, 2, key)
+    reference = models.MLP(3, 5, 2, depth=2, weight_norm=True, key=key)
+    for ours, layer, theirs in zip(wn.layers, plain.layers, reference.layers):
+        assert np.array_equal(layer.weight, theirs.layer.weight)
+        assert np.array_equal(layer.bias, theirs.layer.bias)
+        assert np.array_equal(ours.gain, theirs.gain)
+        assert np.array_equal(ours.layer.bias, theirs.layer.bias)
+        v = theirs.v / np.linalg.norm(theirs.v, axis=1, keepdims=True)
+        assert np.allclose(ours.v, np.sqrt(theirs.v.shape[1]) * v, rtol=1e-15)
+
+
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_padding_keeps_function_gradient_and_hessian(key, weight_norm):
+    """A net padded by `layout` (hidden width 4 → 7) computes the same function;
+    its padded parameters get exactly zero gradients (GD leaves them in place);
+    and its Hessian on the real parameters is the real net's: masked Lanczos
+    from the embedded start vector, run until its Krylov space is all the real
+    parameters, gives the real net's norm."""
+    d, k, depth, width, size = 3, 2, 2, 4, 7
+    net = matched_pair(ARCH, width, depth, d, k, key)[0 if weight_norm else 1]
+    lay = layout("tanh", depth, width, size, d, k, weight_norm)
+    shape = template("tanh", depth, size, d, k, weight_norm)
+    rebuild = unflatten(jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shape))
+    theta = jnp.zeros(lay.fill.size).at[lay.index].set(flat_params(net)) + lay.fill
+    padded = rebuild(theta)
+    x = jnp.array([0.3, -1.0, 0.5])
+    assert np.allclose(padded(x), net(x), rtol=1e-14, atol=1e-15)
+    if weight_norm:
+        assert min_direction_norm(padded, width) == min_direction_norm(net)
+    grad = jax.grad(lambda t: jnp.sum(jnp.sin(rebuild(t)(x))))(theta)
+    outside = np.ones(theta.size, bool)
+    outside[lay.index] = False
+    assert np.all(np.asarray(grad)[outside] == 0)
+    real = flat_params(net).size
+    start = jax.random.normal(key, (real,))
+    embedded = jnp.zeros(theta.size).at[lay.index].set(start)
+    mask = FirstOutput(rebuild(jnp.asarray(lay.ones)))
+    ours = predictor_hessian_norm(
+        FirstOutput(padded), x, mask=mask, init=embedded, iters=real
+    )
+    theirs = predictor_hessian_norm(FirstOutput(net), x, init=start, iters=real)
+    assert np.isclose(ours, theirs, rtol=1e-12)
+    if weight_norm:  # the blocks: the v-block's entries are the directions'
+        assert lay.blocks.shape == (len(BLOCKS), theta.size)
+        v_block = lay.blocks[list(BLOCKS).index("wn_v")]
+        assert v_block.sum() == d * width + width * width + width * k
+        assert np.all(v_block <= lay.ones)
+
+
+def test_one_program_matches_analysis_per_width(key):
+    """`measure_group` (widths 3 and 5 padded to 5 in one program, the min‖v‖
+    study and GD at width 3) gives what `flowgap.analysis` and
+    `flowgap.dynamics` give on each real network: the padding and the batched
+    Lanczos change round-off only."""
+    depth, draws, iters, steps, every = 2, 1, 6, 4, 2
+    data = jax.random.normal(key, (6, 3))
+    problem = problems.RegressionProblem(data, jnp.tanh(data[:, :2]))
+    xs, factors = data[:2], jnp.array([0.5, 2.0])
+    arch = tuple(ARCH.items())
+    out = measure_group(
+        arch, depth, 5, (3, 5), draws, 3, (3,), key, problem, xs, factors, 0.1,
+        iters, steps, every,
+    )  # fmt: skip
+
+    def close(a, b):
+        assert np.allclose(a, b, rtol=1e-10, atol=1e-14), (a, b)
+
+    # one program of the per-network analysis calls (compiled as the job's are)
+    options = {
+        "xla_backend_optimization_level": 0,
+        "xla_cpu_use_fusion_emitters": False,
+    }
+
+    @functools.partial(jax.jit, compiler_options=options)
+    def reference(key):
+        def norms(net, mask=None):  # mean over xs of ‖∇²f(x)‖ on the masked block
+            return jnp.mean(
+                jax.vmap(
+                    lambda x: predictor_hessian_norm(
+                        FirstOutput(net), x, iters=iters, key=key, mask=mask
+                    )
+                )(xs)
+            )
+
+        wn, plain = matched_pair(ARCH, 3, depth, 3, 2, net_keys(key, depth, 3, 1)[0])
+        masks = block_masks(FirstOutput(wn), tuple(BLOCKS))
+        floor = jnp.mean(jax.vmap(lambda x: gain_floor(wn, x))(xs))
+        ref = dict(plain=norms(plain), floor=floor, min_v=min_direction_norm(wn))
+        blocks = jax.vmap(lambda m: norms(wn, m))(masks)
+        ref |= {name: blocks[b] for b, name in enumerate(BLOCKS)}
+        for name, net in (("sharpness_plain", plain), ("sharpness_wn", wn)):
+            ref[name] = analysis.sharpness(problem.loss, net, iters=iters, key=key)
+        rescaled = jax.vmap(lambda c: rescale_directions(wn, c))(factors)
+        probe = jax.vmap(
+            lambda c: jax.vmap(lambda m: norms(rescale_directions(wn, c), m))(masks)
+        )(factors)
+        probe = {name: probe[:, b] for b, name in enumerate(BLOCKS)}
+        probe["min_v"] = min_direction_norm(rescaled)
+        gd = {}
+        for name, net in (("WN", wn), ("plain", plain)):
+            traj = dynamics.gradient_descent(
+                problem.loss, net, lr=0.1, steps=steps, save_every=every
+            )
+            gd[name] = dict(
+                loss=traj.loss,
+                sharpness=analysis.track_sharpness(
+                    problem.loss, traj, iters=iters, key=key
+                ),
+                hessian=jax.vmap(
+                    lambda m: predictor_hessian_norm(
+                        FirstOutput(m), xs[0], iters=iters, key=key
+                    )
+                )(traj.models),
+            )
+            if name == "WN":
+                gd[name]["min_v"] = min_direction_norm(traj.models)
+        return ref, probe, gd
+
+    ref, probe, gd = reference(key)
+    # width 3 is padded to 5 (width 5 is the program's own size)
+    for name in ("plain", "wn", "wn_v", "wn_inner", "floor", "min_v"):
+        close(out["width"][name][0, 0], ref[name])
+    for name in ("sharpness_plain", "sharpness_wn"):
+        close(out["width"][name][0, 0], ref[name])
+    for name, values in probe.items():
+        close(out["probe"][name], values)
+    for name, run in gd.items():
+        for q, values in run.items():
+            close(out["gd"][name][q][0], values)

@@ -39,18 +39,14 @@ from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
 from ._settings import Setting, SettingError
-from ._wn_hessian_measure import (
-    QUANTITIES,
-    descend_and_measure,
-    matched_pair,
-    measure_at_init,
-    measure_rescaled,
-    net_keys,
-)
+from ._wn_hessian_group import measure_group
+from ._wn_hessian_measure import QUANTITIES
 from ._wn_hessian_measure import FirstOutput as FirstOutput
 from ._wn_hessian_measure import block_masks as block_masks
 from ._wn_hessian_measure import gain_floor as gain_floor
+from ._wn_hessian_measure import matched_pair as matched_pair
 from ._wn_hessian_measure import rescale_directions as rescale_directions
+from ._wn_hessian_padding import param_count
 from ._wn_hessian_report import WNHessianResult as WNHessianResult
 
 NAME = "wn-hessian"
@@ -224,23 +220,88 @@ def _arch(s):
     return tuple((name, s[name]) for name in ("activation", "scale", "v_scale"))
 
 
-def _width_study(s, problem, xs, key, progress):
+#: Networks of one depth with at most this many parameters (WN) share one compiled
+#: program, padded to the largest of them (`measure_group`); a larger one has its
+#: own. Compiling a program costs seconds, while padding a network to this size
+#: costs milliseconds per Lanczos run.
+SHARED_SIZE = 1 << 15
+
+
+def groups(s, d: int, k: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(depth, widths) of the programs `run` compiles: per depth, every width that
+    a study needs with at most `SHARED_SIZE` parameters in one, each larger one
+    alone."""
+    needed = {depth: set(s["widths"]) for depth in s["depths"]}
+    gd = s["gd_widths"] if s["steps"] else ()
+    needed.setdefault(s["probe_depth"], set()).update({s["probe_width"], *gd})
+    out = []
+    for depth, widths in sorted(needed.items()):
+        small = tuple(
+            w
+            for w in sorted(widths)
+            if param_count(depth, w, d, k, True) <= SHARED_SIZE
+        )
+        out += [(depth, small)] if small else []
+        out += [(depth, (w,)) for w in sorted(widths) if w not in small]
+    return out
+
+
+def _measure(s, problem, xs, key, progress):
+    """`measure_group` of every program of `groups`: {"width": {(depth, width):
+    values by quantity}, "probe": values by quantity, "gd": {width: {net: run}}}."""
+    d, k = problem.inputs.shape[1], problem.targets.shape[1]
+    out = dict(width={}, probe=None, gd={})
+    todo = groups(s, d, k)
+    bar = tqdm(todo, desc=f"{NAME} programs", disable=not progress, leave=False)
+    for depth, widths in bar:
+        bar.set_postfix_str(f"depth {depth} widths {','.join(map(str, widths))}")
+        mine = depth == s["probe_depth"]
+        study = tuple(w for w in dict.fromkeys(s["widths"]) if w in widths)
+        values = measure_group(
+            _arch(s),
+            depth,
+            max(widths),
+            study if depth in s["depths"] else (),
+            s["draws"],
+            s["probe_width"] if mine and s["probe_width"] in widths else None,
+            tuple(w for w in s["gd_widths"] if w in widths)
+            if mine and s["steps"]
+            else (),
+            key,
+            problem,
+            xs,
+            jnp.asarray(s["v_factors"], problem.inputs.dtype),
+            s["lr"],
+            s["iters"],
+            s["steps"],
+            s["steps"] // s["saves"] if s["steps"] else 1,
+        )
+        values = jax.device_get(values)
+        for i, width in enumerate(study if depth in s["depths"] else ()):
+            out["width"][depth, width] = {q: v[i] for q, v in values["width"].items()}
+        if "probe" in values:
+            out["probe"] = values["probe"]
+        if "gd" in values:
+            for i, width in enumerate(w for w in s["gd_widths"] if w in widths):
+                out["gd"][width] = {
+                    net: jax.tree.map(lambda a, i=i: a[i, ...], runs)
+                    for net, runs in values["gd"].items()
+                }
+    bar.close()
+    return out
+
+
+def _width_study(s, measured):
     """Every quantity at init for each (depth, width), and its width exponents."""
     rows, fits, curves = [], {}, {}
-    configs = [(depth, width) for depth in s["depths"] for width in s["widths"]]
-    bar = tqdm(configs, desc=f"{NAME} widths", disable=not progress, leave=False)
-    for depth, width in bar:
-        bar.set_postfix_str(f"depth {depth} width {width}")
-        keys = net_keys(key, depth, width, s["draws"])
-        values = measure_at_init(
-            _arch(s), width, depth, keys, problem, xs, key, s["iters"]
-        )
-        rows.append(
-            dict(study="width", depth=depth, width=width)
-            | {name: float(np.mean(v)) for name, v in values.items()}
-            | dict(function_gap=float(np.max(values["function_gap"])))
-        )
-    bar.close()
+    for depth in s["depths"]:
+        for width in s["widths"]:
+            values = measured[depth, width]
+            rows.append(
+                dict(study="width", depth=depth, width=width)
+                | {name: float(np.mean(v)) for name, v in values.items()}
+                | dict(function_gap=float(np.max(values["function_gap"])))
+            )
     for depth in s["depths"]:
         mine = [r for r in rows if r["depth"] == depth]
         fits[str(depth)] = {
@@ -253,64 +314,40 @@ def _width_study(s, problem, xs, key, progress):
     return rows, fits, curves
 
 
-def _probe_study(s, problem, xs, key):
+def _probe_study(s, values):
     """The first WN net of (`probe_depth`, `probe_width`) under v → c·v."""
-    d, k = problem.inputs.shape[1], problem.targets.shape[1]
-    first = net_keys(key, s["probe_depth"], s["probe_width"], 1)[0]
-    wn, _ = matched_pair(s, s["probe_width"], s["probe_depth"], d, k, first)
-    factors = jnp.asarray(s["v_factors"])
-    values = measure_rescaled(wn, factors, xs, problem.inputs, key, s["iters"])
     rows = [
         dict(study="min-v", factor=float(c))
         | {name: float(v[i]) for name, v in values.items()}
         for i, c in enumerate(s["v_factors"])
     ]
     curves = {f"probe/{name}": np.asarray(v) for name, v in values.items()}
-    curves["probe/factors"] = np.asarray(factors)
+    curves["probe/factors"] = np.asarray(s["v_factors"], jnp.result_type(float))
     return rows, curves
 
 
-def _gd_study(s, problem, xs, key, progress):
+def _gd_study(s, measured):
     """GD from the matched pair of each of `gd_widths` at depth `probe_depth`."""
     rows, curves = [], {}
-    jobs = [(w, net) for w in s["gd_widths"] for net in ("WN", "plain")]
-    bar = tqdm(jobs, desc=f"{NAME} GD", disable=not progress, leave=False)
-    for width, name in bar:
-        bar.set_postfix_str(f"width {width} {name}")
-        row, run_curves = _gd_run(s, problem, xs, key, width, name)
-        rows.append(row)
-        curves |= {f"gd/{width}/{name}/{q}": v for q, v in run_curves.items()}
-    bar.close()
+    for width in s["gd_widths"]:
+        for name in ("WN", "plain"):
+            row, run_curves = _gd_run(width, name, measured[width][name])
+            rows.append(row)
+            curves |= {f"gd/{width}/{name}/{q}": v for q, v in run_curves.items()}
     curves["gd_widths"] = np.asarray(s["gd_widths"])
     return rows, curves
 
 
-def _gd_run(s, problem, xs, key, width: int, name: str):
-    """One GD run of the `name` ("WN" or "plain") net of a matched pair: its row
-    and its curves along the saves (sharpness, ‖∇²f(x₀)‖, and min‖v‖ for WN)."""
-    d, k = problem.inputs.shape[1], problem.targets.shape[1]
-    first = net_keys(key, s["probe_depth"], width, 1)[0]
-    wn, plain = matched_pair(s, width, s["probe_depth"], d, k, first)
-    traj, sharp, hessian, min_v = descend_and_measure(
-        wn if name == "WN" else plain,
-        problem.loss,
-        s["lr"],
-        xs[0],
-        key,
-        s["steps"],
-        s["steps"] // s["saves"],
-        s["iters"],
-        weight_norm=name == "WN",
+def _gd_run(width: int, name: str, run):
+    """One GD run of the `name` ("WN" or "plain") net of a matched pair
+    (`measure_group`): its row and its curves along the saves (sharpness,
+    ‖∇²f(x₀)‖, and min‖v‖ for WN)."""
+    sharp, hessian, loss = (
+        np.asarray(run[q]) for q in ("sharpness", "hessian", "loss")
     )
-    sharp, hessian = np.asarray(sharp), np.asarray(hessian)
-    if not bool(jnp.all(jnp.isfinite(traj.loss))):
-        hessian = np.where(np.isfinite(np.asarray(traj.loss)), hessian, np.nan)
-    curves = dict(
-        ts=np.asarray(traj.ts),
-        loss=np.asarray(traj.loss),
-        sharpness=sharp,
-        hessian=hessian,
-    )
+    if not np.all(np.isfinite(loss)):
+        hessian = np.where(np.isfinite(loss), hessian, np.nan)
+    curves = dict(ts=np.asarray(run["ts"]), loss=loss, sharpness=sharp, hessian=hessian)
     row = dict(
         study="gd",
         width=width,
@@ -319,11 +356,11 @@ def _gd_run(s, problem, xs, key, width: int, name: str):
         max_sharpness=float(np.nanmax(sharp)),
         hessian_start=float(hessian[0]),
         hessian_end=float(hessian[-1]),
-        final_loss=float(traj.final_loss),
-        status=dynamics.RESULTS[traj.result] or "ok",
+        final_loss=float(run["final_loss"]),
+        status=dynamics.RESULTS[run["result"]] or "ok",
     )
     if name == "WN":
-        curves["min_v"] = min_v = np.asarray(min_v)
+        curves["min_v"] = min_v = np.asarray(run["min_v"])
         row |= dict(min_v_start=float(min_v[0]), min_v_end=float(min_v[-1]))
     return row, curves
 
@@ -345,11 +382,10 @@ def run(settings: Mapping, *, seed: int, progress: bool = True) -> WNHessianResu
             "points"
         )
     xs = problem.inputs[: s["points"]]
-    rows, fits, curves = _width_study(s, problem, xs, key, progress)
-    probe_rows, probe_curves = _probe_study(s, problem, xs, key)
-    gd_rows, gd_curves = (
-        _gd_study(s, problem, xs, key, progress) if s["steps"] else ([], {})
-    )
+    measured = _measure(s, problem, xs, key, progress)
+    rows, fits, curves = _width_study(s, measured["width"])
+    probe_rows, probe_curves = _probe_study(s, measured["probe"])
+    gd_rows, gd_curves = _gd_study(s, measured["gd"]) if s["steps"] else ([], {})
     return WNHessianResult(
         settings=s,
         rows=rows + probe_rows + gd_rows,

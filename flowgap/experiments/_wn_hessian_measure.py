@@ -4,20 +4,21 @@ The science of `flowgap run wn-hessian` (module docstring of `_wn_hessian`): a
 weight-normalised MLP and the plain MLP computing the same function, the spectral
 norms of blocks of the predictor Hessian ∇²_θ f(θ; x) by masked Lanczos
 (`flowgap.analysis.predictor_hessian_norm`), the exact rescaling v → c·v, and the
-lower bound ‖∇²_θ f‖ ≥ ‖∇_{θ'}f‖/|g_out| from the output gain.
+lower bound ‖∇²_θ f‖ ≥ ‖∇_{θ'}f‖/|g_out| from the output gain. How they are
+compiled: the networks of all widths of a depth (up to a size) share one pair of
+programs, padded to one shape (`_wn_hessian_padding.Layout`,
+`_wn_hessian_group.measure_group`).
 """
-
-import functools
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .. import analysis, dynamics, models
+from .. import models
 
-#: The quantities `measure_at_init` returns whose width exponents are fitted, with
-#: their labels.
+#: The quantities of `measure_group`'s width study whose width exponents are
+#: fitted, with their labels.
 QUANTITIES = {
     "plain": "‖∇²f‖ plain",
     "wn": "‖∇²f‖ WN",
@@ -52,9 +53,9 @@ def rescale_directions(net: models.MLP, factor) -> models.MLP:
     return _with_directions(net, [factor * layer.v for layer in net.layers])
 
 
-def net_keys(key, depth: int, width: int, draws: int):
+def net_keys(key, depth: int, width, draws: int):
     """Keys of the `draws` networks of one (depth, width), the same in every study
-    of a run (the min‖v‖ and GD studies use the first)."""
+    of a run (the min‖v‖ and GD studies use the first); `width` may be traced."""
     return jax.random.split(
         jax.random.fold_in(jax.random.fold_in(key, depth), width), draws
     )
@@ -74,7 +75,13 @@ def matched_pair(s, width: int, depth: int, d: int, k: int, key):
     """
     common = dict(depth=depth, activation=s["activation"], scale=s["scale"], key=key)
     plain = models.MLP(d, width, k, **common)
-    wn = models.MLP(d, width, k, weight_norm=True, **common)
+    # `MLP(..., weight_norm=True)` wraps these same layers in `WeightNorm`: wrapping
+    # the plain net's layers draws them once (half the program)
+    wn = eqx.tree_at(
+        lambda m: m.layers,
+        plain,
+        tuple(models.WeightNorm(layer) for layer in plain.layers),
+    )
     wn = _with_directions(
         wn,
         [
@@ -132,39 +139,22 @@ def block_masks(predictor: FirstOutput, names) -> FirstOutput:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *masks)
 
 
-def _mean_over(xs, fn):
+def mean_over(xs, fn):
     return jnp.mean(jax.lax.map(fn, xs))
 
 
-def block_norms(net, xs, key, iters, names):
-    r"""Mean over `xs` of ‖∇²_B f₀(x)‖₂ for each named block B of a WN `net` (one
-    compiled program over the blocks' masks; `lax.map` keeps one Lanczos basis in
-    memory)."""
-    predictor = FirstOutput(net)
-
-    def norm(mask):
-        return _mean_over(
-            xs,
-            lambda x: analysis.predictor_hessian_norm(
-                predictor, x, iters=iters, key=key, mask=mask
-            ),
-        )
-
-    values = jax.lax.map(norm, block_masks(predictor, names))
-    return {name: values[i] for i, name in enumerate(names)}
-
-
-def min_direction_norm(net: models.MLP):
-    """min over layers and rows of ‖vᵢ‖ (works on stacked nets: leading axes kept)."""
-    return jnp.min(
-        jnp.stack(
-            [
-                jnp.min(jnp.linalg.norm(layer.layer.weight, axis=-1), axis=-1)
-                for layer in net.layers
-            ]
-        ),
-        axis=0,
-    )
+def min_direction_norm(net: models.MLP, width=None):
+    """min over layers and rows of ‖vᵢ‖ (works on stacked nets: leading axes kept);
+    with `width` (may be traced), over the first `width` rows of each hidden
+    layer only (the real units of a net padded as `_wn_hessian_padding.Layout` says)."""
+    last = len(net.layers) - 1
+    mins = []
+    for i, layer in enumerate(net.layers):
+        norms = jnp.linalg.norm(layer.layer.weight, axis=-1)
+        if width is not None and i < last:
+            norms = jnp.where(jnp.arange(norms.shape[-1]) < width, norms, jnp.inf)
+        mins.append(jnp.min(norms, axis=-1))
+    return jnp.min(jnp.stack(mins), axis=0)
 
 
 def gain_floor(net: models.MLP, x):
@@ -183,98 +173,3 @@ def gain_floor(net: models.MLP, x):
     )
     flat, _ = ravel_pytree(eqx.filter(grads, eqx.is_inexact_array))
     return jnp.linalg.norm(flat) / jnp.abs(net.layers[-1].gain[0])
-
-
-# Every program below is compiled once per network shape and then runs for a
-# fraction of a second at most widths: XLA's LLVM optimisation passes about double
-# the CPU compile time (7.8 s → 3.8 s for one width, measured) with no measurable
-# run-time gain, as the heavy work is in library matmuls.
-_jit = functools.partial(
-    jax.jit, compiler_options={"xla_backend_optimization_level": 0}
-)
-
-
-@functools.partial(_jit, static_argnames=("arch", "width", "depth", "iters"))
-def measure_at_init(arch, width, depth, keys, problem, xs, key, iters):
-    """Every quantity of one (width, depth), for the matched pair drawn from each
-    of `keys` (`arch`: the items of `s` in `matched_pair`, as a hashable tuple; one
-    compile, the draws run in turn): predictor-Hessian norms (mean over `xs`) of
-    the plain net, the WN net, its v-block, its all-but-output-gain block, the gain
-    floor; both loss sharpnesses; max |f_WN − f_plain|; min‖v‖.
-
-    **Returns:** a dict of arrays of shape (draws,).
-    """
-    d, k = problem.inputs.shape[1], problem.targets.shape[1]
-
-    def one(net_key):
-        wn, plain = matched_pair(dict(arch), width, depth, d, k, net_key)
-        return _measure_pair(wn, plain, problem, xs, key, iters)
-
-    return jax.lax.map(one, keys)
-
-
-def _measure_pair(wn, plain, problem, xs, key, iters):
-    plain_norm = _mean_over(
-        xs,
-        lambda x: analysis.predictor_hessian_norm(
-            FirstOutput(plain), x, iters=iters, key=key
-        ),
-    )
-    return dict(
-        plain=plain_norm,
-        **block_norms(wn, xs, key, iters, ("wn", "wn_v", "wn_inner")),
-        floor=_mean_over(xs, lambda x: gain_floor(wn, x)),
-        sharpness_plain=analysis.sharpness(problem.loss, plain, iters=iters, key=key),
-        sharpness_wn=analysis.sharpness(problem.loss, wn, iters=iters, key=key),
-        function_gap=jnp.max(jnp.abs(problem.predict(wn) - problem.predict(plain))),
-        min_v=min_direction_norm(wn),
-    )
-
-
-@functools.partial(_jit, static_argnames=("iters",))
-def measure_rescaled(wn, factors, xs, inputs, key, iters):
-    r"""For each factor c (vmapped: one compile), the WN net with v → c·v: its
-    Hessian norms (every block of `BLOCKS`), min‖v‖, and max |f_c − f_1| over
-    `inputs`.
-
-    Since f(g, c·v, b) = f(g, v, b), ∇²_v f(c·v) = c⁻²∇²_v f(v) exactly, while the
-    (g, b)-block is unchanged.
-    """
-    reference = jax.vmap(wn)(inputs)
-
-    def one(c):
-        net = rescale_directions(wn, c)
-        return dict(
-            **block_norms(net, xs, key, iters, tuple(BLOCKS)),
-            min_v=min_direction_norm(net),
-            function_change=jnp.max(jnp.abs(jax.vmap(net)(inputs) - reference)),
-        )
-
-    return jax.vmap(one)(factors)
-
-
-@functools.partial(
-    _jit, static_argnames=("steps", "save_every", "iters", "weight_norm")
-)
-def descend_and_measure(net, loss, lr, x, key, steps, save_every, iters, weight_norm):
-    """Gradient descent from `net` (`flowgap.dynamics.gradient_descent`) and, in
-    the same compiled program, along its saves: λ_max(∇²L)
-    (`flowgap.analysis.track_sharpness`, warm-started), ‖∇²_θ f₀(x)‖₂ and, for a
-    weight-normalised net (`weight_norm`, the caller's knowledge of the pair it
-    built), min‖v‖ (else None).
-
-    **Returns:** (trajectory, sharpness, hessian, min_v), each curve of shape
-    (saves,).
-    """
-    traj = dynamics.gradient_descent(
-        loss, net, lr=lr, steps=steps, save_every=save_every
-    )
-    sharpness = analysis.track_sharpness(loss, traj, iters=iters, key=key)
-    hessian = jax.lax.map(
-        lambda net: analysis.predictor_hessian_norm(
-            FirstOutput(net), x, iters=iters, key=key
-        ),
-        traj.models,
-    )
-    min_v = min_direction_norm(traj.models) if weight_norm else None
-    return traj, sharpness, hessian, min_v
