@@ -61,12 +61,18 @@ def normal(key, shape, dtype=None):
 
 def draws_in_float64(generator):
     """Decorate a data generator `generator(key, ..., dtype=None)` so that it
-    draws in float64 and casts its output to `dtype` (see `in_float64`)."""
+    draws in float64 and casts its output to `dtype` (see `in_float64`).
+
+    The generator runs as one compiled program (`eqx.filter_jit`: sizes and
+    other Python values are static, arrays traced). Run op by op, each of its
+    operations would be compiled on its own the first time, and a problem's few
+    dozen small compilations cost seconds of a short job."""
+    compiled = eqx.filter_jit(generator)
 
     @functools.wraps(generator)
     def draw(key, *args, dtype=None, **kwargs):
         def make(dt):
-            return generator(key, *args, dtype=dt, **kwargs)
+            return compiled(key, *args, dtype=dt, **kwargs)
 
         return in_float64(make, dtype, key, args, kwargs)
 
