@@ -20,7 +20,7 @@ from flowgap.experiments._wn_hessian import (
     matched_pair,
     rescale_directions,
 )
-from flowgap.experiments._wn_hessian_group import measure_group
+from flowgap.experiments._wn_hessian_group import Group, measure_group
 from flowgap.experiments._wn_hessian_measure import (
     BLOCKS,
     min_direction_norm,
@@ -289,10 +289,8 @@ def test_one_program_matches_analysis_per_width(key):
     problem = problems.RegressionProblem(data, jnp.tanh(data[:, :2]))
     xs, factors = data[:2], jnp.array([0.5, 2.0])
     arch = tuple(ARCH.items())
-    out = measure_group(
-        arch, depth, 5, (3, 5), draws, 3, (3,), key, problem, xs, factors, 0.1,
-        iters, steps, every,
-    )  # fmt: skip
+    group = Group(arch, depth, 5, (3, 5), draws, 3, (3,), steps, every)
+    out = measure_group(group, key, problem, xs, factors, 0.1, iters)
 
     def close(a, b):
         assert np.allclose(a, b, rtol=1e-10, atol=1e-14), (a, b)

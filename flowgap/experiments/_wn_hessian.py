@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import analysis, dynamics, models, problems
 from ._settings import Setting, SettingError
-from ._wn_hessian_group import measure_group
+from ._wn_hessian_group import Group, measure_group
 from ._wn_hessian_measure import QUANTITIES
 from ._wn_hessian_measure import FirstOutput as FirstOutput
 from ._wn_hessian_measure import block_masks as block_masks
@@ -257,25 +257,23 @@ def _measure(s, problem, xs, key, progress):
         bar.set_postfix_str(f"depth {depth} widths {','.join(map(str, widths))}")
         mine = depth == s["probe_depth"]
         study = tuple(w for w in dict.fromkeys(s["widths"]) if w in widths)
-        values = measure_group(
-            _arch(s),
-            depth,
-            max(widths),
-            study if depth in s["depths"] else (),
-            s["draws"],
-            s["probe_width"] if mine and s["probe_width"] in widths else None,
-            tuple(w for w in s["gd_widths"] if w in widths)
+        group = Group(
+            arch=_arch(s),
+            depth=depth,
+            size=max(widths),
+            widths=study if depth in s["depths"] else (),
+            draws=s["draws"],
+            probe_width=s["probe_width"]
+            if mine and s["probe_width"] in widths
+            else None,
+            gd_widths=tuple(w for w in s["gd_widths"] if w in widths)
             if mine and s["steps"]
             else (),
-            key,
-            problem,
-            xs,
-            jnp.asarray(s["v_factors"], problem.inputs.dtype),
-            s["lr"],
-            s["iters"],
-            s["steps"],
-            s["steps"] // s["saves"] if s["steps"] else 1,
+            steps=s["steps"],
+            save_every=s["steps"] // s["saves"] if s["steps"] else 1,
         )
+        factors = jnp.asarray(s["v_factors"], problem.inputs.dtype)
+        values = measure_group(group, key, problem, xs, factors, s["lr"], s["iters"])
         values = jax.device_get(values)
         for i, width in enumerate(study if depth in s["depths"] else ()):
             out["width"][depth, width] = {q: v[i] for q, v in values["width"].items()}

@@ -5,6 +5,7 @@ Lanczos estimate in a second (`_wn_hessian_spectra`).
 
 import concurrent.futures
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,36 +37,26 @@ _jit = functools.partial(
 )
 
 
-_STATIC = (
-    "arch",
-    "depth",
-    "size",
-    "widths",
-    "draws",
-    "probe_width",
-    "gd_widths",
-    "steps",
-    "save_every",
-)
+class Group(NamedTuple):
+    """What one pair of programs measures (static: each group compiles its own):
+    the networks of depth `depth` and hidden widths ≤ `size`, padded to `size`;
+    `arch`, the items of the settings that `matched_pair` uses, as a hashable
+    tuple; the width study's `widths` with `draws` pairs each; the min‖v‖ probe
+    at `probe_width` (None: none); GD from the first pair of each of
+    `gd_widths`, `steps` steps with a save every `save_every`."""
+
+    arch: tuple
+    depth: int
+    size: int
+    widths: tuple[int, ...]
+    draws: int
+    probe_width: int | None
+    gd_widths: tuple[int, ...]
+    steps: int
+    save_every: int
 
 
-def measure_group(
-    arch,
-    depth,
-    size,
-    widths,
-    draws,
-    probe_width,
-    gd_widths,
-    key,
-    problem,
-    xs,
-    factors,
-    lr,
-    iters,
-    steps,
-    save_every,
-):
+def measure_group(group: Group, key, problem, xs, factors, lr, iters):
     r"""Every measurement of the networks of one depth whose widths (each ≤
     `size`) share two compiled programs, padded to hidden width `size` (`Layout`):
     one draws the networks and runs GD (`_draw_group`), the other runs every
@@ -89,11 +80,11 @@ def measure_group(
       run's `ts`, `loss`, `final_loss`, `result` and those curves, stacked over
       `gd_widths`.
 
-    `arch` holds the items of `s` that `matched_pair` uses, as a hashable tuple.
     Each spectral estimate is Lanczos of at most `iters` steps stopped on the
     residual (tol √ε), from the start vector `flowgap.analysis` draws from `key`,
     as `predictor_hessian_norm` (with a block mask) and `sharpness` do.
     """
+    arch, depth, size, widths, draws, probe_width, gd_widths, steps, save_every = group
     d, k = problem.inputs.shape[1], problem.targets.shape[1]
     activation = dict(arch)["activation"]
     saves = steps // save_every + 1 if gd_widths else 0
@@ -102,7 +93,6 @@ def measure_group(
         w: tuple(layout(activation, depth, w, size, d, k, wn) for wn in (False, True))
         for w in plan.real
     }
-    static = dict(zip(_STATIC, (arch, depth, size, widths, draws, probe_width)))
     dim, dtype = param_count(depth, size, d, k, True), problem.inputs.dtype
     masks = jnp.asarray(plan.masks(layouts, dim), dtype)
     norms, sharps = plan.norms.array(), plan.sharps.array()
@@ -131,19 +121,7 @@ def measure_group(
             firsts = _first_pairs(
                 arch, depth, {probe_width, *gd_widths} - {None}, d, k, key, layouts
             )
-        drawn = _draw_group(
-            layouts,
-            firsts,
-            key,
-            problem,
-            xs,
-            factors,
-            lr,
-            **static,
-            gd_widths=gd_widths,
-            steps=steps,
-            save_every=save_every,
-        )
+        drawn = _draw_group(layouts, firsts, key, problem, xs, factors, lr, group=group)
         spectra = spectra.result()
     assert drawn["thetas"].shape == (plan.rows, dim)  # the planned tables
     norm, sharp = spectra(
@@ -206,30 +184,13 @@ def _first_pairs(arch, depth, widths, d, k, key, layouts):
     return out
 
 
-@functools.partial(_jit, static_argnames=_STATIC)
-def _draw_group(
-    layouts,
-    firsts,
-    key,
-    problem,
-    xs,
-    factors,
-    lr,
-    *,
-    arch,
-    depth,
-    size,
-    widths,
-    draws,
-    probe_width,
-    gd_widths,
-    steps,
-    save_every,
-):
+@functools.partial(_jit, static_argnames="group")
+def _draw_group(layouts, firsts, key, problem, xs, factors, lr, *, group: Group):
     """The networks of `measure_group` and what needs no Lanczos: `thetas` (the
     flat padded parameters, in `Plan`'s order), `starts`, and the width
     study's, probe's and GD runs' other quantities. `firsts` (None: drawn here)
     holds the probe's and GD's first pairs, drawn outside (`_first_pairs`)."""
+    arch, depth, size, widths, draws, probe_width, gd_widths, steps, save_every = group
     s = dict(arch)
     d, k = problem.inputs.shape[1], problem.targets.shape[1]
     (rebuild_plain, size_plain), (rebuild_wn, dim) = padded_networks(
