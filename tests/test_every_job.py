@@ -1,7 +1,14 @@
 """Every CLI job, as a user runs it: `flowgap run NAME --quick` in a process of
-its own, in float32 (the default suite) and float64 (`-m slow`; the study tests
-check float64's numbers in-process). A run that succeeds exits 0, prints its
-table and no traceback, and writes `status.json` marked complete."""
+its own, in float32 and float64 (`-m slow`; the study tests check float64's
+numbers in-process). A run that succeeds exits 0, prints its table and no
+traceback, and writes `status.json` marked complete.
+
+The float32 runs are in the default suite except the three heaviest (`HEAVY`,
+45–90 s each on 2 cores, a fifth of the suite's CPU time together): they run
+with `-m slow`, and the default suite checks their jobs' float64 quick runs
+in-process (tests/test_central_flow_study.py, test_sgd_vs_sde_study.py,
+test_wn_robust_bias.py) and float32's dtype-aware checks in
+tests/test_precision.py."""
 
 import json
 import subprocess
@@ -12,6 +19,7 @@ import pytest
 from flowgap.experiments import _registry
 
 JOBS = list(_registry.EXPERIMENTS)
+HEAVY = {"central-flow", "sgd-vs-sde", "wn-robust-bias"}
 
 
 def _run_quick(name, dtype, out):
@@ -32,7 +40,10 @@ def _check(done, out):
     assert status["state"] == "complete"
 
 
-@pytest.mark.parametrize("name", JOBS)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in JOBS],
+)
 def test_quick_float32_run_is_clean(name, tmp_path):
     out = tmp_path / name
     _check(_run_quick(name, "float32", out), out)

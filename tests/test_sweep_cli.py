@@ -114,7 +114,13 @@ def test_labelled_grid_summary_and_figure(reference, capsys):
     assert json.loads((reference / "status.json").read_text()) == {"state": "complete"}
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+# Ctrl-C in the default suite; SIGTERM reaches the same handler (`flowgap run`'s
+# tests/test_cli_interrupt.py checks both signals), and runs with `-m slow`
+@pytest.mark.parametrize(
+    "stop",
+    [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGINT],
+    ids=["term", "int"],
+)
 def test_killed_sweep_resumes_bit_for_bit(reference, tmp_path, stop, capsys):
     folder = tmp_path / "run"
     process = subprocess.Popen(
