@@ -68,6 +68,37 @@ def test_float32_draw_is_the_float64_draw_rounded(name):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", sorted(DRAWS))
+def test_draw_inside_a_program_is_the_eager_draw(name):
+    """An eager draw is its own program, compiled with `DRAW_COMPILER_OPTIONS`
+    (the same bits on every call); inside `jit`, its key a constant there, it is
+    traced into the caller's program, which JAX compiles with its own options.
+    The two agree up to the round-off the options reorder: a few ulps of O(1)
+    draws, where a different draw would differ by O(1)."""
+    draw = DRAWS[name]
+    eager = _float_leaves(draw(jnp.float64))
+    again = _float_leaves(draw(jnp.float64))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(eager, again, strict=True))
+    in_jit = _float_leaves(jax.jit(lambda: eqx.filter(draw(None), eqx.is_array))())
+    for a, b in zip(in_jit, eager, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)
+
+
+def test_draw_with_traced_keys_is_the_eager_draw():
+    """Under `vmap` over keys the draw is traced (as in a sweep over seeds)."""
+    keys = jax.random.split(KEY, 2)
+
+    def draw(key):
+        problem = problems.sparse_recovery(key, n=6, d=5, sparsity=2, noise=0.1)
+        net = models.MLP(5, 4, 1, depth=1, key=key)
+        return problem.inputs, problem.targets, net.layers[0].weight
+
+    batched = jax.vmap(draw)(keys)
+    for i, key in enumerate(keys):
+        for a, b in zip(batched, draw(key), strict=True):
+            np.testing.assert_allclose(a[i], b, rtol=1e-14, atol=1e-15)
+
+
 def test_traced_key_without_x64_draws_in_the_working_dtype():
     """Inside jit with x64 off float64 does not exist: the draw falls back to
     float32 (documented), and is still deterministic."""

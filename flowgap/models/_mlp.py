@@ -5,17 +5,22 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import positive_int, positive_scalar
 from .._custom_types import ScalarLike
-from .._draw import in_float64
+from .._draw import compiled_draw, in_float64
 from ._activations import KINKED, POSITIVELY_HOMOGENEOUS, activation_fn
 from ._laws import direction_norms_law, rescaling_law
 from ._weight_norm import WeightNorm
 
 
+def _linear(d_in, d_out, key, dtype):
+    return eqx.nn.Linear(d_in, d_out, key=key, dtype=dtype)
+
+
+_draw_linear = compiled_draw(_linear)
+
+
 def _scaled_linear(d_in, d_out, scale, key, dtype):
     # drawn in float64 and cast: the same init in every precision
-    layer = in_float64(
-        lambda dt: eqx.nn.Linear(d_in, d_out, key=key, dtype=dt), dtype, key
-    )
+    layer = in_float64(lambda dt: _draw_linear(d_in, d_out, key, dt), dtype, key)
     scale = jnp.asarray(scale, layer.weight.dtype)
     return eqx.tree_at(
         lambda lin: (lin.weight, lin.bias),
