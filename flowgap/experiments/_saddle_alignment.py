@@ -19,7 +19,6 @@ with 95% Student-t intervals.
 
 import jax
 import numpy as np
-from scipy import stats
 
 from .. import analysis, dynamics, models
 from .._precision import attainable, params_dtype
@@ -127,6 +126,9 @@ def _fits(ratios, s) -> list[dict]:
     r"""Per plateau, the joint least-squares fit
     log ρ = p·log α + q·log η + c over the whole grid, with 95% Student-t
     intervals (n − 3 degrees of freedom) for p and q."""
+    # scipy.stats takes 0.7 s to import: every job would pay it at start-up
+    from scipy import stats
+
     rows = []
     for plateau in sorted({r["plateau"] for r in ratios}):
         mine = [r for r in ratios if r["plateau"] == plateau]

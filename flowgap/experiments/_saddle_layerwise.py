@@ -26,7 +26,6 @@ over an O(1) σ_k predicts p_k = 1 for ρ.
 
 import jax
 import numpy as np
-from scipy import stats
 
 from .. import analysis, dynamics, models
 from ._figure import Panel, Series
@@ -130,6 +129,9 @@ def _fit(rows, plateau) -> dict | None:
     r"""log y = p log α + c_j (an intercept per layer) for y = ρ and y = ρ^Δ on one
     plateau, with 95% Student-t intervals for p (n − 1 − layers degrees of
     freedom); None without a degree of freedom."""
+    # scipy.stats takes 0.7 s to import: every job would pay it at start-up
+    from scipy import stats
+
     mine = [r for r in rows if r["plateau"] == plateau]
     layers = sorted({r["layer"] for r in mine})
     design = np.array(
