@@ -201,6 +201,28 @@ def test_help_and_list_import_neither_jax_nor_numpy(args):
     assert "step-vs-flow" in done.stdout and "wn-robust-bias" in done.stdout
 
 
+REGISTRY_IMPORTS = """
+import sys
+import flowgap.experiments
+late = ("scipy.stats", "matplotlib", "xarray", "sklearn", "h5netcdf")
+print("imported:", sorted(m for m in late if m in sys.modules))
+"""
+
+
+def test_registry_leaves_output_and_fit_libraries_to_the_job():
+    """Every `flowgap run` loads the whole registry; a library only a figure, a
+    results file or a fit needs (scipy.stats alone costs 0.7 s) is imported
+    where it is used, so that no job pays for another's."""
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTRY_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "imported: []" in done.stdout, done.stdout
+
+
 def test_job_listing_is_the_registry():
     """`--help` and `list` read names and summaries from the job modules' source;
     they must be the registry's, in its order."""
