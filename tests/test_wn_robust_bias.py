@@ -15,6 +15,7 @@ import pytest
 import flowgap
 from flowgap.analysis import effective_scale, woodworth_limit
 from flowgap.experiments import _wn_robust_bias as wn
+from flowgap.experiments import _wn_robust_bias_rows as wn_rows
 from flowgap.experiments import _wn_robust_bias_steps as wn_steps
 from flowgap.experiments import _wn_robust_bias_train as wn_train
 from flowgap.experiments._settings import resolve
@@ -479,3 +480,28 @@ def test_polar_limit_is_woodworth_at_effective_scale_on_the_quick_grid():
     for beta, scale in zip(values["beta"].reshape(alpha.size, -1), alpha):
         limit = woodworth_limit(problem.inputs, problem.targets, scale)
         assert np.max(np.abs(beta - np.asarray(limit))) < 1e-6
+
+
+def test_discrete_note_names_the_threshold_the_runs_used():
+    """Where the dtype raised the loss threshold (`attainable`), the note on the
+    discrete runs gives the raised one, not the settings' (a float32 run of a
+    problem with L₀ > 0.7 stops at (100ε)²·L₀ > 1e-10)."""
+    s = resolve(wn.SETTINGS, dict(wn.QUICK))
+    row = dict(
+        method="rpgd",
+        status="converged",
+        recovery_error=0.5,
+        limit_gap=None,
+        model="polar",
+    )
+    raised = dict(tol=dict(asked=s["tol"], used=3.5e-9))
+    fits = dict(
+        findings={}, precision=dict(dtype="float32", eps=1.19e-7, raised=raised)
+    )
+    result = wn.WNRobustBiasResult(
+        settings=s, rows=[row], fits=fits, curves=dict(truth=np.ones(3))
+    )
+    assert any(
+        "1 of 1 discrete points converged to L < 3.5e-09" in n for n in result.notes()
+    )
+    assert "converged to L < 1e-10" in wn_rows.discrete_notes([row], s)[0]

@@ -52,7 +52,9 @@ class WNRobustBiasResult(ExperimentResult):
 
     def notes(self) -> Sequence[str]:
         notes = [f"{k}: {v}" for k, v in self.fits["findings"].items()]
-        notes += discrete_notes(self.rows, self.settings)
+        raised = self.fits.get("precision", {}).get("raised", {})
+        tol = raised["tol"]["used"] if "tol" in raised else None
+        notes += discrete_notes(self.rows, self.settings, tol)
         return notes + precision_notes(self.rows, self.fits, self.curves)
 
     def table(self) -> str:

@@ -127,13 +127,15 @@ def reason(row) -> str:
     return f"{status} at L = {row['final_loss']:.2g}"
 
 
-def discrete_notes(rows, settings) -> list[str]:
-    """The discrete runs' step rule and budget, how many converged, and each
-    other one with its reason."""
+def discrete_notes(rows, settings, tol=None) -> list[str]:
+    """The discrete runs' step rule and budget, how many converged to the loss
+    threshold they ran with (`tol`: the settings' unless the dtype raised it),
+    and each other one with its reason."""
     runs = [r for r in rows if r["method"] != "gf"]
     if not runs:
         return []
     s = settings
+    tol = s["tol"] if tol is None else tol
     done = sum(r["status"] == "converged" for r in runs)
     out = [
         f"GD/rPGD/SK step: η = {s['step']:g}·2/λ_max(P^½∇²L P^½) (P: 1 on r, ρ on θ),"
@@ -141,7 +143,7 @@ def discrete_notes(rows, settings) -> list[str]:
         f"{s['steps']} steps per point, extended on a linear tail to "
         f"{EXTEND:g}× the steps it needs, at most {s['steps_cap']}: "
         f"{done} of {len(runs)} discrete points "
-        f"converged to L < {s['tol']:g}"
+        f"converged to L < {tol:.3g}"
     ]
     for r in runs:
         if r["status"] != "converged":
