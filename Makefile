@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # mkdocs-material prints a banner about MkDocs 2.0 on every build; it is not ours.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+# every environment make builds honours constraints.txt (why: see that file)
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt
 
 .PHONY: demo test test-all docs docs-serve docs-results docs-results-quick bench lint clean
 
@@ -11,20 +13,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test,docs]'
 	touch $@ $(VENV)/.installed $(VENV)/.installed-docs
 
-$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[docs]'
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[docs]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+$(VENV)/.installed-bench: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test,bench]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
