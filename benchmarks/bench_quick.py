@@ -13,9 +13,17 @@ stderr; the target is a wall time under 15 s on 2 cores, exit 0 and no
 traceback, and the table says whether the cold run and the warm run meet it.
 `--record` appends the table, with the machine and load, to
 `benchmarks/RESULTS.md`.
+
+`--breakdown` runs each job a third time, through `profile_job.py` with an empty
+cache of its own, and adds where that run's time went: start-up imports, JAX's
+tracing, lowering and XLA compiling (and how many programs), the saving, and
+their sum, the floor: the wall time the job would take if its programs cost
+nothing to run. A job whose floor is above the target cannot meet it without
+compiling fewer programs.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import platform
@@ -61,6 +69,43 @@ def time_job(name: str, dtype: str, out: pathlib.Path, run: str) -> dict:
     )
 
 
+def profile_job(name: str, dtype: str, out: pathlib.Path) -> dict:
+    """`time_job`'s run through `profile_job.py` (an empty cache of its own):
+    its split of the wall time, with Python's own start-up (before the script's
+    first line) counted into `startup`."""
+    env = {**os.environ, "FLOWGAP_CACHE_DIR": str(out / f"cache-{name}-{dtype}-p")}
+    split = out / f"{name}-{dtype}-profile.json"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_job.py"), str(split)]
+        + ["--", "run", name, "--quick", "--dtype", dtype, "--no-progress"]
+        + ["--out", str(out / f"{name}-{dtype}-profile")],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+    )
+    seconds = time.perf_counter() - start
+    parts = json.loads(split.read_text())
+    parts["startup"] += seconds - parts["wall"]
+    parts["wall"] = seconds
+    return parts
+
+
+PARTS = ("startup", "trace", "lower", "compile", "save")
+
+
+def breakdown_row(name: str, dtype: str, parts: dict) -> list[str]:
+    floor = sum(parts[p] for p in PARTS)
+    rest = parts["wall"] - floor
+    return [name, dtype, f"{parts['wall']:.1f}"] + [
+        *(f"{parts[p]:.1f}" for p in PARTS),
+        str(parts["programs"]),
+        f"{floor:.1f}",
+        f"{rest:.1f}",
+        "no" if floor >= TARGET_SECONDS else "yes",
+    ]
+
+
 def row(name: str, dtype: str, cold: dict, warm: dict) -> list[str]:
     """A table row: both wall times, the exit codes and tracebacks of both runs,
     whether each met the target, and the first failing run's last stderr line."""
@@ -88,13 +133,16 @@ def main() -> None:
     parser.add_argument("--jobs", help="comma-separated job names (default: all)")
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="a third, profiled run per job"
+    )
     args = parser.parse_args()
     names = args.jobs.split(",") if args.jobs else job_names()
     dtypes = args.dtypes.split(",")
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     info = machine_info()
     print(info, flush=True)
-    rows = []
+    rows, splits = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for dtype in dtypes:
@@ -104,6 +152,10 @@ def main() -> None:
                 )
                 rows.append(row(name, dtype, cold, warm))
                 print("  ".join(rows[-1]), flush=True)
+                if args.breakdown:
+                    parts = profile_job(name, dtype, pathlib.Path(tmp))
+                    splits.append(breakdown_row(name, dtype, parts))
+                    print("  ".join(splits[-1]), flush=True)
     body = (
         f"flowgap run NAME --quick, one process per job; target: < "
         f"{TARGET_SECONDS:g} s, exit 0, no traceback\n"
@@ -113,6 +165,16 @@ def main() -> None:
             rows,
         )
     )
+    if splits:
+        body += (
+            "\n\nwhere a third, profiled run's time went (s; floor = every part "
+            "but running programs; rest = running and Python between them)\n"
+            + table(
+                ["job", "dtype", "wall", *PARTS, "programs", "floor", "rest"]
+                + ["floor met"],
+                splits,
+            )
+        )
     wall, load1 = time.perf_counter() - start, os.getloadavg()[0]
     print("\n" + body)
     print(f"\ntotal {wall:.0f} s; load average (1 min): {load0:.2f} / {load1:.2f}")
