@@ -17,6 +17,7 @@ from flowgap.analysis import effective_scale, woodworth_limit
 from flowgap.experiments import _wn_robust_bias as wn
 from flowgap.experiments import _wn_robust_bias_rows as wn_rows
 from flowgap.experiments import _wn_robust_bias_steps as wn_steps
+from flowgap.experiments import _wn_robust_bias_support as wn_support
 from flowgap.experiments import _wn_robust_bias_train as wn_train
 from flowgap.experiments._settings import resolve
 from flowgap.experiments._wn_robust_bias_rows import _status_name as rows_status
@@ -242,6 +243,8 @@ def test_every_discrete_point_converges_or_states_why(quick):
             assert r["steps"] == r["budget"] and r["steps_needed"] > s["steps_cap"]
         else:
             assert r["efolding_time"] > r["budget"] * r["time"] / r["steps"]
+            assert wn_support.at_saddle(r["support_gap"]), r["reason"]
+            assert "stalled at the saddle fitting" in r["reason"]
     notes = "\n".join(result.notes())
     assert f"{len(converged)} of 30 discrete points converged" in notes
     assert notes.count("not converged:") == 30 - len(converged)
@@ -505,3 +508,60 @@ def test_discrete_note_names_the_threshold_the_runs_used():
         "1 of 1 discrete points converged to L < 3.5e-09" in n for n in result.notes()
     )
     assert "converged to L < 1e-10" in wn_rows.discrete_notes([row], s)[0]
+
+
+def _normal_fit(x, y, support):
+    """Least squares on `support` by the normal equations (not `lstsq`)."""
+    xs = x[:, support]
+    coef = np.linalg.solve(xs.T @ xs, xs.T @ y)
+    return coef, np.sum((xs @ coef - y) ** 2) / (2 * len(y))
+
+
+def test_support_fit_identifies_the_least_squares_fit_on_a_support():
+    """`support_fit` finds the coordinates above the cut and their fit's loss;
+    the gap |L − L_S|/L is at round-off at the fit (plus coordinates below the
+    cut) and O(1e-2) for a point 10% off it on the same support."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 30)), rng.normal(size=10)
+    support = np.array([3, 7, 19])
+    coef, fit = _normal_fit(x, y, support)
+    beta = np.zeros(30)
+    beta[support] = coef
+    beta[[0, 11]] = 1e-3 * wn_support.SUPPORT_CUT * np.abs(coef).max()
+
+    def gap(b):
+        k, loss_s = wn_support.support_fit(x, y, b)
+        loss = np.sum((x @ b - y) ** 2) / 20
+        return k, loss_s, abs(loss - loss_s) / loss
+
+    k, loss_s, at_fit = gap(beta)
+    assert k == 3 and loss_s == pytest.approx(fit, rel=1e-12)
+    assert at_fit < 1e-9 and wn_support.at_saddle(at_fit)
+    k, _, off_fit = gap(np.where(np.abs(beta) > 1e-6, 1.1 * beta, beta))
+    assert k == 3 and off_fit > 1e-3 and not wn_support.at_saddle(off_fit)
+    beta[11] = 1e-2 * np.abs(coef).max()  # above the cut: a fourth coordinate
+    assert wn_support.support_fit(x, y, beta)[0] == 4
+    assert wn_support.support_fit(x, y, np.zeros(30)) == (0, float(y @ y / 20))
+
+
+def test_polar_flow_at_a_large_ratio_stalls_at_a_checked_saddle():
+    """The depth-3 polar flow at ρ = 100 from α = 0.01 concentrates its
+    direction on one coordinate before the radius grows and stalls at that
+    coordinate's least-squares fit (measured: L equal to it to 2e-16 relative,
+    the other coordinates below 1e-60 of it, on the default problem; this is the
+    quick one): the row says so, and the support's fit, recomputed here by the
+    normal equations, is the run's loss."""
+    s = resolve(wn.SETTINGS, {**wn.QUICK, "depths": (3.0,), "scales": (0.01,)})
+    s = {**s, "ratios": (100.0,), "ratio": 100.0, "families": "plain,polar"}
+    problem = wn._problem(jax.random.key(0), s)
+    values = wn.grid_run(problem, "polar", "gf", 3, s)
+    limits = wn.theory(problem, "polar", 3, "gf", values, s)
+    (row,) = wn.rows_for("polar", 3, "gf", values, s, limits)
+    assert row["status"] == "saddle", row["reason"]
+    assert wn_support.at_saddle(row["support_gap"]) and row["support"] < s["sparsity"]
+    beta = np.asarray(values["beta"][0, 0])
+    support = np.flatnonzero(np.abs(beta) > 1e-9 * np.abs(beta).max())
+    x, y = np.asarray(problem.inputs), np.asarray(problem.targets)
+    _, fit = _normal_fit(x, y, support)
+    assert row["final_loss"] == pytest.approx(fit, rel=1e-9)
+    assert "stalled at the saddle fitting" in row["reason"]

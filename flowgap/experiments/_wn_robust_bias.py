@@ -198,6 +198,8 @@ _CURVES = dict(
     implicit="implicit",
     alpha_eff="alpha_eff",
     r_inf="radius",
+    support="support",
+    support_gap="support_gap",
 )
 
 

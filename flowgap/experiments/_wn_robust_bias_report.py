@@ -13,6 +13,7 @@ from ._table import Column, render_table
 from ._wn_robust_bias_rows import (
     alpha_label,
     discrete_notes,
+    flow_notes,
     precision_notes,
     table_rows,
 )
@@ -54,6 +55,7 @@ class WNRobustBiasResult(ExperimentResult):
         notes = [f"{k}: {v}" for k, v in self.fits["findings"].items()]
         raised = self.fits.get("precision", {}).get("raised", {})
         tol = raised["tol"]["used"] if "tol" in raised else None
+        notes += flow_notes(self.rows, self.settings["tol"] if tol is None else tol)
         notes += discrete_notes(self.rows, self.settings, tol)
         return notes + precision_notes(self.rows, self.fits, self.curves)
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dynamics
 from ._wn_robust_bias_steps import EXTEND
+from ._wn_robust_bias_support import at_saddle
 from ._wn_robust_bias_train import DISCRETE_ONLY, METHOD_NAMES, ULPS
 
 
@@ -78,6 +79,8 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
                     alpha_eff=_floats(values["alpha_eff"][i, j], family),
                     theory_error=_float(theory["error"][i, j]),
                     limit_gap=_float(theory["gap"][i, j]),
+                    support=int(values["support"][i, j]),
+                    support_gap=_float(values["support_gap"][i, j]),
                     **_discrete(values, i, j, method, s),
                 )
             )
@@ -112,10 +115,7 @@ def reason(row) -> str:
     if status == "converged":
         return f"L < tol in {row['steps']} steps"
     if status == "saddle":
-        return (
-            f"stalled at L = {row['final_loss']:.2g}: L/‖∇L‖²_P = "
-            f"{_g(row['efolding_time'])} beyond the run's horizon"
-        )
+        return _saddle_reason(row)
     if status == "max_steps" and row.get("budget") is not None:
         return (
             f"budget of {row['budget']} steps used at L = {row['final_loss']:.2g}; "
@@ -127,6 +127,57 @@ def reason(row) -> str:
     return f"{status} at L = {row['final_loss']:.2g}"
 
 
+def _saddle_reason(row) -> str:
+    """A stalled run's reason, with the check of which saddle it sits at
+    (`_wn_robust_bias_support`)."""
+    stalled = f"L/‖∇L‖²_P = {_g(row['efolding_time'])} beyond the run's horizon"
+    k, gap = row["support"], row["support_gap"]
+    if at_saddle(gap):
+        return (
+            f"stalled at the saddle fitting {k} coordinate{'s' * (k != 1)} by least "
+            f"squares (L = {row['final_loss']:.3g} = their fit's loss to "
+            f"{_g(gap, '.1g')} relative); {stalled}"
+        )
+    return (
+        f"stalled at L = {row['final_loss']:.2g}: {stalled}; not the least-squares "
+        f"fit on its {k} coordinates (|L − L_S|/L = {_g(gap, '.2g')})"
+    )
+
+
+def _counts(runs, what: str, tol: float) -> str:
+    """How many of `runs` converged to L < `tol` and how many stalled at a
+    checked saddle."""
+    done = sum(r["status"] == "converged" for r in runs)
+    saddles = sum(
+        r["status"] == "saddle" and at_saddle(r.get("support_gap")) for r in runs
+    )
+    return (
+        f"{done} of {len(runs)} {what} converged to L < {tol:.3g}, {saddles} "
+        "stalled at a checked saddle (a least-squares fit on a subset of coordinates)"
+    )
+
+
+def _not_converged(runs) -> list[str]:
+    out = []
+    for r in runs:
+        if r["status"] != "converged":
+            ratio = "" if r["ratio"] is None else f" ρ={r['ratio']:g}"
+            out.append(
+                f"not converged: {r['model']} L={r['depth']} "
+                f"{METHOD_NAMES[r['method']]} α={r['scale']:g}{ratio}: {r['reason']}"
+            )
+    return out
+
+
+def flow_notes(rows, tol) -> list[str]:
+    """The flows: how many converged to L < `tol`, how many stalled at a checked
+    saddle, and each other one with its reason."""
+    runs = [r for r in rows if r["method"] == "gf"]
+    if not runs:
+        return []
+    return [_counts(runs, "flows", tol)] + _not_converged(runs)
+
+
 def discrete_notes(rows, settings, tol=None) -> list[str]:
     """The discrete runs' step rule and budget, how many converged to the loss
     threshold they ran with (`tol`: the settings' unless the dtype raised it),
@@ -136,23 +187,13 @@ def discrete_notes(rows, settings, tol=None) -> list[str]:
         return []
     s = settings
     tol = s["tol"] if tol is None else tol
-    done = sum(r["status"] == "converged" for r in runs)
-    out = [
+    rule = (
         f"GD/rPGD/SK step: η = {s['step']:g}·2/λ_max(P^½∇²L P^½) (P: 1 on r, ρ on θ),"
         f" re-estimated every {s['segment']} steps by Lanczos; budget "
         f"{s['steps']} steps per point, extended on a linear tail to "
         f"{EXTEND:g}× the steps it needs, at most {s['steps_cap']}: "
-        f"{done} of {len(runs)} discrete points "
-        f"converged to L < {tol:.3g}"
-    ]
-    for r in runs:
-        if r["status"] != "converged":
-            ratio = "" if r["ratio"] is None else f" ρ={r['ratio']:g}"
-            out.append(
-                f"not converged: {r['model']} L={r['depth']} "
-                f"{METHOD_NAMES[r['method']]} α={r['scale']:g}{ratio}: {r['reason']}"
-            )
-    return out
+    )
+    return [rule + _counts(runs, "discrete points", tol)] + _not_converged(runs)
 
 
 def limit_gaps(rows) -> dict:

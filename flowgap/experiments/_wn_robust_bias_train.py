@@ -14,6 +14,7 @@ from .._precision import TOLERANCE_ULPS, attainable_tolerances
 from ._settings import SettingError
 from ._wn_robust_bias_log import LogCoordinateField, LogCoordinates
 from ._wn_robust_bias_steps import DISCRETE_ONLY, local_descent, projection, run_of
+from ._wn_robust_bias_support import support_grid
 
 FAMILIES = ("plain", "polar", "polar-split")
 METHODS = {"plain": ("gf", "gd"), "polar": ("gf", "rpgd", "sk")}
@@ -325,7 +326,8 @@ def _points(problem, scales, ratios, projected=None, **options) -> dict:
         return train(problem, grid[0][point], grid[1][point], projected=flag, **options)
 
     values = sweeps.sweep(fn, dict(point=np.arange(len(scales))), progress=False)
-    return {k: np.array(v) for k, v in values.values.items()}
+    values = {k: np.array(v) for k, v in values.values.items()}
+    return values | support_grid(problem, values)
 
 
 def _plain_from(problem, depth, scale, s):
