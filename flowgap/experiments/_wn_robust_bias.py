@@ -95,7 +95,7 @@ SETTINGS = (
     Setting("steps", 100000, "GD budget: accepted steps per point", "int", minimum=1),
     Setting(
         "steps_cap",
-        1000000,
+        5000000,
         "largest GD budget: a run that spends `steps` on a linear tail continues "
         "to 1.25× the steps it needs at its rate, at most this",
         "int",
@@ -107,11 +107,11 @@ SETTINGS = (
     Setting("rtol", 1e-10, "gradient-flow relative tolerance", positive=True),
     Setting("atol", 1e-12, "gradient-flow absolute tolerance", positive=True),
     Setting("max_steps", 200000, "Tsit5 step budget per run", "int", minimum=1),
-    # The default grid's Kvaerno5 re-solves that converge take up to 9,607
-    # steps (split depth-3 net, α = 1e-3, ρ = 1); the budget leaves 50% over.
+    # The default grid's Kvaerno5 re-solves that converge take up to 22,622
+    # steps (split depth-2 net, α = 1e-3, ρ = 100); the budget leaves 1/3 over.
     Setting(
         "implicit_steps",
-        15000,
+        30000,
         "Kvaerno5 step budget where Tsit5 ran out of steps (each step costs "
         "Jacobian solves)",
         "int",
@@ -197,6 +197,8 @@ _CURVES = dict(
     status="status",
     converged="converged",
     efolding_time="efolding_time",
+    escape_time="escape_time",
+    settle_time="settle_time",
     implicit="implicit",
     alpha_eff="alpha_eff",
     r_inf="radius",

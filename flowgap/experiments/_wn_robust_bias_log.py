@@ -69,12 +69,12 @@ class LogCoordinateField(dynamics.AbstractField):
     grad_evals_per_call = 1
 
     def __call__(self, t, y, objective):
-        z = jnp.maximum(y, _log_floor(y.dtype))
+        z = jnp.maximum(y, log_floor(y.dtype))
         inverse = jnp.exp(-z)
         return -(objective.precondition(objective.grad(z)) * inverse) * inverse
 
 
-def _log_floor(dtype):
+def log_floor(dtype):
     r"""ln w̃ for the floor w̃ = tiny^{1/4} (1.2e-77 in float64, 3.3e-10 in
     float32) at which `LogCoordinateField` evaluates the velocity of a weight
     below it.

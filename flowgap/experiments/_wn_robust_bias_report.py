@@ -17,6 +17,7 @@ from ._wn_robust_bias_rows import (
     precision_notes,
     table_rows,
 )
+from ._wn_robust_bias_stall import stalled
 from ._wn_robust_bias_train import METHOD_NAMES, check_settings
 
 COLOURS = {"plain": "tab:blue", "polar": "tab:orange", "polar-split": "tab:green"}
@@ -284,13 +285,13 @@ def _heat_map(ax, data, *, method: str, depth: int) -> None:
     scales, ratios = data["scales"], data["ratios"]
     ax.set_xticks(range(len(scales)), [f"{a:g}" for a in scales])
     ax.set_yticks(range(len(ratios)), [f"{r:g}" for r in ratios])
-    converged, efold = data[f"{tag}/converged"], data[f"{tag}/efolding_time"]
-    horizon = data["horizon"]
+    converged, settle = data[f"{tag}/converged"], data[f"{tag}/settle_time"]
+    stuck = stalled(settle, data[f"{tag}/escape_time"], data["horizon"])
     for i in range(len(scales)):
         for j in range(len(ratios)):
-            stalled = efold[i, j] > horizon and method == "gf"
+            stuck_here = stuck[i, j] and method == "gf"
             mark = "K" if data[f"{tag}/implicit"][i, j] else ""
-            mark += "" if converged[i, j] else ("~" if stalled else "!")
+            mark += "" if converged[i, j] else ("~" if stuck_here else "!")
             ax.text(
                 i, j, f"{ratio[i, j]:.1f}{mark}", ha="center", va="center", fontsize=8
             )

@@ -6,18 +6,20 @@ import math
 import numpy as np
 
 from .. import dynamics
+from ._wn_robust_bias_stall import stalled
 from ._wn_robust_bias_steps import EXTEND
 from ._wn_robust_bias_support import at_saddle
 from ._wn_robust_bias_train import DISCRETE_ONLY, METHOD_NAMES, ULPS
 
 
-def _status_name(code: int, efolding_time: float, horizon: float) -> str:
+def _status_name(code: int, settle: float, escape: float, horizon: float) -> str:
     """The row's status: "converged" (L < tol), "saddle" (the budget ran out
-    where the flow's e-folding time L/‖∇L‖²_P exceeds the horizon `t1`: stalled
-    near a stationary point with L > tol), else the run's own status."""
+    where the flow's settle time (L/‖∇L‖²_P)·ln(L/tol) and its escape time
+    both exceed the run's horizon: stalled for good near a stationary point
+    with L > tol, `_wn_robust_bias_stall`), else the run's own status."""
     name = dynamics.status_name(code)
     stopped = name in ("event_occurred", "diverged")  # not by its budget
-    if not stopped and efolding_time > horizon:
+    if not stopped and stalled(settle, escape, horizon):
         return "saddle"
     if name == "event_occurred":
         return "converged"
@@ -63,12 +65,15 @@ def rows_for(family, depth, method, values, s, theory) -> list[dict]:
                     steps=int(values["steps"][i, j]),
                     status=_status_name(
                         int(values["status"][i, j]),
-                        float(values["efolding_time"][i, j]),
+                        float(values["settle_time"][i, j]),
+                        float(values["escape_time"][i, j]),
                         s["t1"]
                         if method == "gf"
                         else float(values["budget"][i, j]) * lr_time(i, j),
                     ),
                     efolding_time=_float(values["efolding_time"][i, j]),
+                    settle_time=_float(values["settle_time"][i, j]),
+                    escape_time=_float(values["escape_time"][i, j]),
                     solver=(
                         ("Kvaerno5" if values["implicit"][i, j] else "Tsit5")
                         if method == "gf"
@@ -119,18 +124,39 @@ def reason(row) -> str:
     if status == "max_steps" and row.get("budget") is not None:
         return (
             f"budget of {row['budget']} steps used at L = {row['final_loss']:.2g}; "
-            f"at its final rate q = {_g(row['rate'], '.6f')} per step it needs "
-            f"~{_g(row['steps_needed'])} steps"
+            f"at its final rate q = 1 − {_g(_shortfall(row['rate']), '.2g')} per "
+            f"step it needs ~{_g(row['steps_needed'])} steps ({_times(row)})"
         )
     if status == "diverged":
         return "diverged even at 2⁻⁴⁰ of the local step"
+    if status == "max_steps":  # a flow: its budget spent, not stalled for good
+        return (
+            f"step budget spent at t = {row['time']:.3g}, L = {row['final_loss']:.2g} "
+            f"({_times(row)})"
+        )
     return f"{status} at L = {row['final_loss']:.2g}"
+
+
+def _shortfall(rate):
+    """1 − q of a contraction q (None where q is not finite)."""
+    return None if rate is None else 1 - rate
+
+
+def _times(row) -> str:
+    """A run's settle and escape times, as a reason states them."""
+    return (
+        f"settle time {_g(row['settle_time'])}, escape time "
+        f"{_g(row['escape_time'])}: one of them within the horizon"
+    )
 
 
 def _saddle_reason(row) -> str:
     """A stalled run's reason, with the check of which saddle it sits at
     (`_wn_robust_bias_support`)."""
-    stalled = f"L/‖∇L‖²_P = {_g(row['efolding_time'])} beyond the run's horizon"
+    stalled = (
+        f"the settle time (L/‖∇L‖²_P)·ln(L/tol) = {_g(row['settle_time'])} and the "
+        f"escape time {_g(row['escape_time'])} beyond the run's horizon"
+    )
     k, gap = row["support"], row["support_gap"]
     if at_saddle(gap):
         return (

@@ -13,6 +13,13 @@ from .._checks import is_concrete
 from .._precision import TOLERANCE_ULPS, attainable_tolerances
 from ._settings import SettingError
 from ._wn_robust_bias_log import LogCoordinateField, LogCoordinates
+from ._wn_robust_bias_stall import (
+    efolding_time,
+    escape_time,
+    settle_time,
+    signed_log,
+    stalled,
+)
 from ._wn_robust_bias_steps import DISCRETE_ONLY, local_descent, projection, run_of
 from ._wn_robust_bias_support import support_grid
 
@@ -195,15 +202,6 @@ def _implicit() -> diffrax.Kvaerno5:
     return diffrax.Kvaerno5(root_finder=chord(kappa=NEWTON_KAPPA))
 
 
-def _efolding_time(loss, model, rates):
-    r"""L/‖∇_wL‖²_P at `model`: the time the flow would take, at its current
-    speed (L̇ = −‖∇_wL‖²_P), to lower L by a factor e. Far above the horizon `t1`
-    it marks a run stalled near a stationary point with L > 0 (a saddle)."""
-    value, grad = jax.value_and_grad(loss)(model)
-    speed = jax.tree.map(lambda g, p: jnp.sum(p * g**2), grad, rates)
-    return value / sum(jax.tree.leaves(speed))
-
-
 def train(
     problem,
     scale,
@@ -237,10 +235,11 @@ def train(
     `time` (flow time, or k·η, at the stop), `steps` (solver / GD steps),
     `status` (`flowgap.RESULTS` code), `successful` (the run ended normally),
     `converged` (it stopped at L < `tol`: `RESULTS.event_occurred`),
-    `efolding_time` (L/‖∇_wL‖²_P at the stop: `_efolding_time`), `implicit`
-    (the run is Kvaerno5's), `radius` and `direction_norm` (per block; NaN
-    for the plain net), `alpha_eff` (docs: theory/implicit-bias, from the
-    final radius) and, for the discrete runs (NaN for a flow), `lr_min`,
+    `efolding_time`, `settle_time` and `escape_time` (at the stop:
+    `_wn_robust_bias_stall`),
+    `implicit` (the run is Kvaerno5's), `radius` and `direction_norm` (per
+    block; NaN for the plain net), `alpha_eff` (docs: theory/implicit-bias,
+    from the final radius) and, for the discrete runs (NaN for a flow), `lr_min`,
     `lr_max` (the smallest and largest step taken), `undone` (segments undone
     by the safeguard), `rate` (final per-step loss contraction q) and
     `steps_needed` (the steps to L < `tol` at that rate).
@@ -256,6 +255,10 @@ def train(
             options.update(solver=_implicit(), max_steps=s["implicit_steps"])
         traj = dynamics.gradient_flow(problem.loss, LogCoordinates.of(model), **options)
         final, run = traj.final.model(), _flow_run(traj)
+        # The state's logs, not log(final): a weight below float64's range
+        # keeps its exact size.
+        log_size = traj.final.log_model
+        sign = jax.tree.map(jnp.ones_like, log_size)
     else:
         final, report = local_descent(
             problem.loss,
@@ -265,12 +268,13 @@ def train(
             s=s,
         )
         run = run_of(report)
+        log_size, sign = signed_log(final)
     out = _outputs(run, final, problem, model, scale, ratio, family)
     out["implicit"] = jnp.asarray(method == "gf" and solver == "kvaerno5")
-    ones = jax.tree.map(jnp.ones_like, final)
-    out["efolding_time"] = _efolding_time(
-        problem.loss, final, ones if rates is None else rates
-    )
+    rates = jax.tree.map(jnp.ones_like, final) if rates is None else rates
+    out["efolding_time"] = efolding_time(problem.loss, final, rates)
+    out["settle_time"] = settle_time(out["efolding_time"], run["final_loss"], s["tol"])
+    out["escape_time"] = escape_time(problem.loss, log_size, sign, rates, depth)
     return out
 
 
@@ -304,18 +308,18 @@ def grid_run(problem, family, method, depth, s) -> dict:
 
     One program (`flowgap.sweep`) of runs; for a flow, then, only if some Tsit5
     run failed (`max_steps`: a slow tail whose curvature is far below the
-    fitted modes'), one program of Kvaerno5 runs over those points, kept where
-    they reach a lower loss. Kvaerno5 is compiled only where it is needed.
-    (Runs that ended on a plateau are re-solved too: at depth 3 a weight's
-    regrowth is a finite-time blow-up, so a large e-folding time L/‖∇L‖²_P
-    does not show that the flow stays there; measured on the stacked depth-3
-    net, α = 1e-3, ρ = 10: Tsit5 stops at t = 2.27e4 with L/‖∇L‖²_P = 5e14, and
-    Kvaerno5 escapes and converges by t = 2.48e4.)"""
+    fitted modes', or an escape from a plateau), one program of Kvaerno5 runs
+    over those points, kept where they reach a lower loss. Kvaerno5 is
+    compiled only where it is needed. A run stalled for good (its settle
+    and escape times both beyond `t1`: `_wn_robust_bias_stall`) is not
+    re-solved: no solver gets it further within the horizon."""
     ratios = s["ratios"] if family != "plain" else (1.0,)
     scale, ratio = (a.ravel() for a in np.meshgrid(s["scales"], ratios, indexing="ij"))
     options = dict(family=family, method=method, depth=depth, settings=s)
     values = _points(problem, scale, ratio, **options)
-    failed = ~values["successful"]
+    failed = ~values["successful"] & ~stalled(
+        values["settle_time"], values["escape_time"], s["t1"]
+    )
     if method == "gf" and failed.any():
         again = _points(
             problem, scale[failed], ratio[failed], solver="kvaerno5", **options
