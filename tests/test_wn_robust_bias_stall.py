@@ -3,10 +3,13 @@ is the exact time a weight under ẇ = c w^{L−1} takes to reach 1, including
 weights far below float64's range, and a run is stalled only where both the
 e-folding and the escape time exceed its horizon."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgap.experiments import _wn_robust_bias as wn
+from flowgap.experiments._settings import resolve
 from flowgap.experiments._wn_robust_bias_stall import (
     efolding_time,
     escape_time,
@@ -89,3 +92,24 @@ def test_efolding_settle_and_stalled():
     assert stalled(11.0, 11.0, horizon)
     assert not stalled(11.0, 9.0, horizon) and not stalled(9.0, 11.0, horizon)
     assert not stalled(np.nan, 11.0, horizon)
+
+
+@pytest.mark.slow
+def test_plateau_before_a_depth_three_escape_is_not_stalled():
+    """The case the escape time is for (default problem, stacked depth-3 net,
+    α = 1e-3, ρ = 10): Tsit5 spends its 200,000 steps on a plateau whose
+    settle time is beyond the horizon t1, so the e-folding time alone would
+    call it stalled; its escape time is within t1, so it is not, and the
+    Kvaerno5 re-solve escapes and converges (to L < tol, within t1)."""
+    s = resolve(wn.SETTINGS, {})
+    problem = wn._problem(jax.random.key(0), s)
+    s, _ = wn.attainable(s, problem)
+    options = dict(family="polar", method="gf", depth=3, settings=s)
+    tsit5 = wn.train(problem, 1e-3, 10.0, **options)
+    assert not bool(tsit5["converged"]) and not bool(tsit5["successful"])
+    assert float(tsit5["settle_time"]) > s["t1"]
+    assert float(tsit5["escape_time"]) < s["t1"]
+    assert not stalled(tsit5["settle_time"], tsit5["escape_time"], s["t1"])
+    implicit = wn.train(problem, 1e-3, 10.0, solver="kvaerno5", **options)
+    assert bool(implicit["converged"]) and float(implicit["time"]) < s["t1"]
+    assert float(implicit["final_loss"]) < s["tol"]
