@@ -68,6 +68,29 @@ def test_no_growing_weight_never_escapes():
     assert float(escape_time(loss, log_size, sign, rates, 3)) == np.inf
 
 
+def test_a_weight_relaxing_to_a_fixed_point_does_not_escape():
+    """w₀ = 0.4 under L = ½(w₀ − 0.5)² grows (ż = 0.25 > 0) but settles at 0.5
+    and never reaches 1 (doubled, it shrinks): it does not count. Beside it,
+    w₁ = 0.01 under ẇ = 3w² (depth 3) escapes at the closed form; alone, the
+    relaxing weight gives ∞."""
+
+    def loss(m):
+        w = m["w"]
+        return 0.5 * (w[0] - 0.5) ** 2 - 3.0 * w[1] ** 3 / 3
+
+    log_size, sign = signed_log({"w": jnp.asarray([0.4, 0.01])})
+    rates = {"w": jnp.ones(2)}
+    got = escape_time(loss, log_size, sign, rates, 3)
+    np.testing.assert_allclose(float(got), _exact(0.01, 3.0, 3), rtol=1e-13)
+    alone = escape_time(
+        lambda m: 0.5 * (m["w"][0] - 0.5) ** 2,
+        *signed_log({"w": jnp.asarray([0.4])}),
+        {"w": jnp.ones(1)},
+        3,
+    )
+    assert float(alone) == np.inf
+
+
 def test_negative_weights_grow_by_their_own_sign():
     """w = −0.1 under ẇ = c w² with c < 0 grows in size (|w|' = −c w²): the
     same time as w = 0.1 under −c."""
